@@ -1,0 +1,31 @@
+"""Exceptions of the edge agent.
+
+Every error the agent reports to an operator derives from ``AgentError``. The CLI
+prints its message and exits non-zero, so each message names the file, key or value
+at fault and what to do about it.
+
+- ``ConfigError``: the TOML config is missing, unreadable or invalid.
+- ``ModelError``: a model file or its card is missing, corrupt, or they disagree.
+- ``SourceError``: a video, image folder or camera cannot be opened or read.
+- ``BrokerError``: the MQTT broker cannot be reached or refuses the connection.
+"""
+
+
+class AgentError(Exception):
+    """Base of all errors the edge agent reports to an operator."""
+
+
+class ConfigError(AgentError):
+    """The configuration is missing, unreadable or invalid."""
+
+
+class ModelError(AgentError):
+    """A model file or its model card is missing, corrupt or inconsistent."""
+
+
+class SourceError(AgentError):
+    """A frame source cannot be opened or read."""
+
+
+class BrokerError(AgentError):
+    """The MQTT broker is unreachable or refused the connection."""

@@ -1,0 +1,163 @@
+"""The MQTT payload that an edge agent publishes once per time window.
+
+This module is the contract between the agent and the aggregator, and both import it.
+It depends on pydantic only, so the aggregator can use it without the agent's
+camera and inference packages.
+
+A payload holds aggregate numbers for one device and one window: how many frames were
+sampled, how many face detections they held in total, and how many of those detections
+the classifier put in each emotion class. It never holds anything about an individual
+face: no image, crop, box, score or identity. When the window saw fewer people than
+the configured minimum, ``suppressed`` is true and ``counts`` is null.
+
+Topic layout: ``{prefix}/{device_id}/window`` (QoS 1, not retained). The default
+prefix is ``classroom``.
+
+Versioning: ``schema_version`` is 1. A change that removes or renames a field, or
+changes its meaning, increments it. The aggregator rejects versions it does not know.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SCHEMA_VERSION = 1
+
+#: FER2013 class order. A model card may list other labels, and payloads carry the
+#: card's labels as ``counts`` keys.
+FER2013_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+
+DEFAULT_TOPIC_PREFIX = "classroom"
+
+# Device ids appear in MQTT topics and broker ACLs, so they exclude '/', '+', '#' and spaces.
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+LABEL_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+MAX_PAYLOAD_BYTES = 16 * 1024
+
+
+class PayloadError(ValueError):
+    """Raised when bytes received from MQTT are not a valid window payload."""
+
+
+class WindowReport(BaseModel):
+    """Aggregate emotion counts of one device over one time window."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    device_id: str = Field(pattern=DEVICE_ID_PATTERN, description="Agent id, unique in the fleet.")
+    room: str = Field(min_length=1, max_length=64, description="Room the camera watches.")
+    window_start: AwareDatetime = Field(description="Start of the window, UTC, inclusive.")
+    window_end: AwareDatetime = Field(description="End of the window, UTC, exclusive.")
+    frames_sampled: int = Field(ge=0, le=1_000_000, description="Frames analysed in the window.")
+    faces_seen: int = Field(ge=0, le=100_000_000, description="Face detections summed over frames.")
+    min_faces: int = Field(ge=1, le=1000, description="Suppression threshold in force on the agent.")
+    suppressed: bool = Field(description="True when the median number of faces per frame was below min_faces.")
+    counts: dict[str, int] | None = Field(
+        description="Face detections per emotion label; null when suppressed. Sums to faces_seen."
+    )
+
+    @field_validator("room")
+    @classmethod
+    def _room_is_printable(cls, room: str) -> str:
+        if not room.isprintable() or room != room.strip():
+            raise ValueError("room must be printable text without leading or trailing spaces")
+        return room
+
+    @field_validator("window_start", "window_end")
+    @classmethod
+    def _to_utc(cls, moment: datetime) -> datetime:
+        return moment.astimezone(UTC)
+
+    @field_validator("counts")
+    @classmethod
+    def _check_counts(cls, counts: dict[str, int] | None) -> dict[str, int] | None:
+        if counts is None:
+            return None
+        if not 1 <= len(counts) <= 32:
+            raise ValueError(f"counts must have 1 to 32 labels, got {len(counts)}")
+        for label, count in counts.items():
+            if not LABEL_PATTERN.match(label):
+                raise ValueError(f"invalid label {label!r}: use lowercase letters, digits and '_'")
+            if count < 0:
+                raise ValueError(f"count of {label!r} is negative: {count}")
+        return counts
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> WindowReport:
+        if self.window_end <= self.window_start:
+            raise ValueError(f"window_end {self.window_end} is not after window_start {self.window_start}")
+        if self.suppressed and self.counts is not None:
+            raise ValueError("a suppressed window must have counts = null")
+        if not self.suppressed:
+            if self.counts is None:
+                raise ValueError("counts is null but suppressed is false")
+            total = sum(self.counts.values())
+            if total != self.faces_seen:
+                raise ValueError(f"counts sum to {total} but faces_seen is {self.faces_seen}")
+        return self
+
+    def to_json(self) -> bytes:
+        """Serialize to the UTF-8 JSON sent over MQTT, with UTC times ending in 'Z'."""
+        data = self.model_dump(mode="json")
+        for key in ("window_start", "window_end"):
+            data[key] = getattr(self, key).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return json.dumps(data, separators=(",", ":")).encode()
+
+
+def parse_window(payload: bytes) -> WindowReport:
+    """Parse and validate one MQTT payload.
+
+    Raises:
+        PayloadError: the bytes are too large, not UTF-8 JSON, of an unknown schema
+            version, or fail validation. The message says which.
+    """
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise PayloadError(f"payload is {len(payload)} bytes, the limit is {MAX_PAYLOAD_BYTES}")
+    try:
+        data = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise PayloadError(f"payload is not UTF-8 JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise PayloadError(f"payload must be a JSON object, got {type(data).__name__}")
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise PayloadError(
+            f"unsupported schema_version {version!r}: this aggregator reads version {SCHEMA_VERSION}; "
+            "upgrade the aggregator or the agent so both use the same version"
+        )
+    try:
+        return WindowReport.model_validate(data)
+    except ValueError as error:
+        raise PayloadError(_summarize_validation_error(error)) from None
+
+
+def _summarize_validation_error(error: ValueError) -> str:
+    errors = getattr(error, "errors", None)
+    if errors is None:
+        return str(error)
+    parts = []
+    for item in errors():
+        location = ".".join(str(part) for part in item["loc"]) or "payload"
+        parts.append(f"{location}: {item['msg']}")
+    return "invalid payload: " + "; ".join(parts)
+
+
+def window_topic(prefix: str, device_id: str) -> str:
+    """Return the topic a device publishes its windows on."""
+    return f"{prefix}/{device_id}/window"
+
+
+def window_subscription(prefix: str) -> str:
+    """Return the topic filter that matches the windows of every device."""
+    return f"{prefix}/+/window"
+
+
+def json_schema() -> dict:
+    """Return the JSON Schema of the payload, for documentation and for other consumers."""
+    return WindowReport.model_json_schema()

@@ -1,0 +1,54 @@
+"""Loading of TFLite models on the fastest interpreter that is installed.
+
+ai-edge-litert is preferred: it runs int8 models with XNNPACK, about 7 times faster
+than tflite-runtime 2.14 on the same x86 machine. tflite-runtime is the fallback
+for systems where only it is available (it also needs numpy<2).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from edge_agent.errors import ModelError
+
+log = logging.getLogger(__name__)
+
+
+def interpreter_class() -> tuple[type, str]:
+    """Return the TFLite ``Interpreter`` class and the name of its package."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+
+        return Interpreter, "ai-edge-litert"
+    except ImportError:
+        pass
+    try:
+        from tflite_runtime.interpreter import Interpreter
+
+        return Interpreter, "tflite-runtime"
+    except ImportError:
+        raise ModelError(
+            "No TFLite interpreter is installed: install ai-edge-litert "
+            "(pip install ai-edge-litert) or tflite-runtime"
+        ) from None
+
+
+def load_interpreter(model_path: Path, num_threads: int = 1) -> Any:
+    """Load a .tflite file and allocate its tensors.
+
+    Raises:
+        ModelError: the file is missing or is not a valid TFLite model.
+    """
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise ModelError(f"Model file not found: {model_path}. Check the path in the config.")
+    interpreter_type, package = interpreter_class()
+    try:
+        interpreter = interpreter_type(model_path=str(model_path), num_threads=num_threads)
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as error:
+        raise ModelError(f"Cannot load {model_path} as a TFLite model: {error}") from None
+    log.debug("Loaded %s with %s (%d threads)", model_path, package, num_threads)
+    return interpreter
