@@ -29,7 +29,7 @@ class _Section(BaseModel):
 
 
 class SourceConfig(_Section):
-    """Where frames come from and how often they are sampled."""
+    """Frame source and sampling rate."""
 
     kind: Literal["video", "images", "camera", "picamera2"] = Field(
         default="camera",
@@ -64,7 +64,7 @@ class DetectorConfig(_Section):
     min_face_px: int = Field(
         default=20, ge=8, le=1024, description="Width in frame pixels of the smallest face to detect."
     )
-    score_threshold: float = Field(default=0.5, gt=0, lt=1, description="Minimum detection confidence.")
+    score_threshold: float = Field(default=0.6, gt=0, lt=1, description="Minimum detection confidence.")
     nms_iou: float = Field(default=0.3, gt=0, lt=1, description="IoU above which two boxes are one face.")
     threads: int = Field(default=1, ge=1, le=16, description="Interpreter threads.")
 

@@ -1,0 +1,7 @@
+"""Run the aggregator CLI as ``python -m aggregator``."""
+
+import sys
+
+from aggregator.cli import main
+
+sys.exit(main())

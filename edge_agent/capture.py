@@ -1,0 +1,333 @@
+"""Frame sources: video files, image folders, OpenCV cameras and streams, and picamera2.
+
+Every source yields ``Frame`` records at the configured sampling rate, each with the
+wall-clock time it shows. A recorded video or an image folder is replayed on its own
+timeline, anchored at a configured start time, as fast as the pipeline runs; a live
+camera is stamped with the current time. Frames stay in memory: no source writes
+pixels anywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from edge_agent.config import SourceConfig
+from edge_agent.errors import SourceError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One sampled frame: BGR uint8 pixels and the UTC time they show."""
+
+    image: np.ndarray
+    timestamp: datetime
+    index: int
+
+
+class FrameSource(Protocol):
+    description: str
+
+    def frames(self) -> Iterator[Frame]:
+        """Yield sampled frames until the source ends or ``close`` is called."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class SourceTimeSampler:
+    """Pick frames on a source timeline so that at most ``sample_fps`` are analysed per second."""
+
+    def __init__(self, sample_fps: float) -> None:
+        self._interval_s = 1.0 / sample_fps
+        self._next_s = 0.0
+
+    def take(self, position_s: float) -> bool:
+        # A small tolerance keeps 30 fps video sampled at 10 fps on every third frame
+        # despite float rounding of the frame positions.
+        if position_s + 1e-6 < self._next_s:
+            return False
+        while self._next_s <= position_s + 1e-6:
+            self._next_s += self._interval_s
+        return True
+
+
+class VideoFileSource:
+    """A recorded video replayed on its own timeline."""
+
+    def __init__(self, path: Path, sample_fps: float, start: datetime | None) -> None:
+        self.path = Path(path)
+        self.description = f"video {self.path}"
+        if not self.path.is_file():
+            raise SourceError(f"Video file not found: {self.path}. Check [source] uri in the config or --source.")
+        self._capture = cv2.VideoCapture(str(self.path))
+        if not self._capture.isOpened():
+            raise SourceError(
+                f"Cannot open video {self.path}: OpenCV cannot decode it. "
+                "Check that it is a complete video file (for example MP4 with H.264)."
+            )
+        self.fps = self._capture.get(cv2.CAP_PROP_FPS) or 0.0
+        if not 0.1 <= self.fps <= 1000:
+            raise SourceError(f"Video {self.path} reports {self.fps} frames/s; re-encode it with a valid frame rate.")
+        self.frame_count = int(self._capture.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+        ok, first = self._capture.read()
+        if not ok or first is None or first.size == 0:
+            self._capture.release()
+            raise SourceError(f"Video {self.path} has no readable frame; the file is empty or corrupt.")
+        self._first = first
+        self.start = start or self._default_start()
+        self._sampler = SourceTimeSampler(sample_fps)
+        self._closed = False
+
+    def _default_start(self) -> datetime:
+        # A camera writes the file's modification time when recording ends.
+        modified = datetime.fromtimestamp(os.stat(self.path).st_mtime, UTC)
+        return modified - timedelta(seconds=self.frame_count / self.fps)
+
+    def frames(self) -> Iterator[Frame]:
+        index = 0
+        first: np.ndarray | None = self._first
+        while not self._closed:
+            position_s = index / self.fps
+            if first is not None:
+                image, first = first, None
+            elif not self._capture.grab():
+                break
+            else:
+                image = None
+            if self._sampler.take(position_s):
+                image = image if image is not None else self._retrieve(index)
+                if image is not None:
+                    yield Frame(image, self.start + timedelta(seconds=position_s), index)
+            index += 1
+        self._capture.release()
+
+    def _retrieve(self, index: int) -> np.ndarray | None:
+        # grab() only demuxes; decoding in retrieve() is skipped for frames not sampled.
+        ok, image = self._capture.retrieve()
+        if not ok or image is None:
+            log.warning("Skipping undecodable frame %d of %s", index, self.path)
+            return None
+        return image
+
+    def close(self) -> None:
+        self._closed = True
+
+
+class ImageFolderSource:
+    """Photos in a folder, in name order, one every ``image_interval_s`` of source time."""
+
+    def __init__(self, path: Path, sample_fps: float, interval_s: float, start: datetime | None) -> None:
+        self.path = Path(path)
+        self.description = f"image folder {self.path}"
+        if not self.path.is_dir():
+            raise SourceError(f"Image folder not found: {self.path}. Check [source] uri in the config or --source.")
+        self._files = sorted(p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self._files:
+            raise SourceError(
+                f"Image folder {self.path} has no images ({', '.join(sorted(IMAGE_SUFFIXES))})."
+            )
+        self._interval_s = interval_s
+        self.start = start or datetime.now(UTC)
+        self._sampler = SourceTimeSampler(sample_fps)
+        self._closed = False
+
+    def frames(self) -> Iterator[Frame]:
+        for index, file in enumerate(self._files):
+            if self._closed:
+                return
+            position_s = index * self._interval_s
+            if not self._sampler.take(position_s):
+                continue
+            image = cv2.imread(str(file), cv2.IMREAD_COLOR)
+            if image is None:
+                log.warning("Skipping unreadable image %s", file)
+                continue
+            yield Frame(image, self.start + timedelta(seconds=position_s), index)
+
+    def close(self) -> None:
+        self._closed = True
+
+
+class LatestFrameSlot:
+    """Hand-over of the newest frame from a reader thread, dropping older ones.
+
+    Processing never queues frames: a frame that is replaced before it is taken is
+    counted as skipped.
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._image: np.ndarray | None = None
+        self._ended = False
+        self.skipped = 0
+
+    def put(self, image: np.ndarray) -> None:
+        with self._condition:
+            if self._image is not None:
+                self.skipped += 1
+            self._image = image
+            self._condition.notify()
+
+    def end(self) -> None:
+        with self._condition:
+            self._ended = True
+            self._condition.notify()
+
+    def take(self, timeout_s: float) -> np.ndarray | None:
+        """Return the newest frame, or None when the reader ended or none came in time."""
+        with self._condition:
+            self._condition.wait_for(lambda: self._image is not None or self._ended, timeout=timeout_s)
+            image, self._image = self._image, None
+            return image
+
+
+class LiveSource:
+    """Base of live sources: a reader thread fills a ``LatestFrameSlot``; frames are stamped now."""
+
+    description = "live source"
+
+    def __init__(self, sample_fps: float) -> None:
+        self._interval_s = 1.0 / sample_fps
+        self._slot = LatestFrameSlot()
+        self._stop = threading.Event()
+        self._reader: threading.Thread | None = None
+        self.read_error: str | None = None
+
+    @property
+    def skipped_frames(self) -> int:
+        return self._slot.skipped
+
+    def _read_one(self) -> np.ndarray | None:
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        raise NotImplementedError
+
+    def _read_loop(self) -> None:
+        try:
+            while not self._stop.is_set():
+                image = self._read_one()
+                if image is None:
+                    self.read_error = f"{self.description} stopped delivering frames"
+                    break
+                self._slot.put(image)
+        finally:
+            self._slot.end()
+
+    def frames(self) -> Iterator[Frame]:
+        self._reader = threading.Thread(target=self._read_loop, name="frame-reader", daemon=True)
+        self._reader.start()
+        index = 0
+        next_due = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                delay_s = next_due - time.monotonic()
+                if delay_s > 0 and self._stop.wait(delay_s):
+                    break
+                next_due = max(next_due + self._interval_s, time.monotonic())
+                image = self._slot.take(timeout_s=5.0)
+                if image is None:
+                    if self.read_error or not self._reader.is_alive():
+                        raise SourceError(self.read_error or f"{self.description} ended")
+                    log.warning("No frame from %s for 5 s", self.description)
+                    continue
+                yield Frame(image, datetime.now(UTC), index)
+                index += 1
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._reader is not None and self._reader is not threading.current_thread():
+            self._reader.join(timeout=2.0)
+        self._release()
+
+
+class OpenCVCameraSource(LiveSource):
+    """A V4L2/USB camera by index, or an RTSP/HTTP stream by URL, read with OpenCV."""
+
+    def __init__(self, uri: str, sample_fps: float, width: int | None, height: int | None) -> None:
+        super().__init__(sample_fps)
+        target: int | str = int(uri) if uri.isdigit() else uri
+        self.description = f"camera {uri}"
+        self._capture = cv2.VideoCapture(target)
+        if not self._capture.isOpened():
+            raise SourceError(
+                f"Cannot open camera {uri!r} with OpenCV. Check that the device exists (ls /dev/video*) "
+                "and that no other process uses it, or that the stream URL is reachable."
+            )
+        if width and height:
+            self._capture.set(cv2.CAP_PROP_FRAME_WIDTH, width)
+            self._capture.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
+
+    def _read_one(self) -> np.ndarray | None:
+        ok, image = self._capture.read()
+        return image if ok and image is not None and image.size else None
+
+    def _release(self) -> None:
+        self._capture.release()
+
+
+class PiCamera2Source(LiveSource):
+    """The Raspberry Pi camera through picamera2, imported only when this source is used."""
+
+    def __init__(self, sample_fps: float, width: int | None, height: int | None) -> None:
+        super().__init__(sample_fps)
+        self.description = "picamera2"
+        try:
+            from picamera2 import Picamera2
+        except ImportError:
+            raise SourceError(
+                "picamera2 is not installed. On Raspberry Pi OS run 'sudo apt install python3-picamera2' "
+                "and create the virtual environment with --system-site-packages."
+            ) from None
+        try:
+            self._camera = Picamera2()
+            size = (width or 1280, height or 720)
+            # picamera2's "RGB888" delivers pixels in BGR order, which is what OpenCV expects.
+            config = self._camera.create_video_configuration(main={"size": size, "format": "RGB888"})
+            self._camera.configure(config)
+            self._camera.start()
+        except (RuntimeError, IndexError, OSError) as error:
+            raise SourceError(f"Cannot start the Pi camera: {error}. Is another process using it?") from None
+
+    def _read_one(self) -> np.ndarray | None:
+        image = self._camera.capture_array("main")
+        if image.ndim == 3 and image.shape[2] == 4:
+            image = np.ascontiguousarray(image[:, :, :3])
+        return image
+
+    def _release(self) -> None:
+        self._camera.close()
+
+
+def open_source(config: SourceConfig) -> FrameSource:
+    """Open the source described by the config.
+
+    Raises:
+        SourceError: the file, folder or camera cannot be opened.
+    """
+    if config.kind == "video":
+        return VideoFileSource(Path(config.uri), config.sample_fps, config.start)
+    if config.kind == "images":
+        return ImageFolderSource(Path(config.uri), config.sample_fps, config.image_interval_s, config.start)
+    if config.kind == "camera":
+        return OpenCVCameraSource(config.uri, config.sample_fps, config.width, config.height)
+    if config.kind == "picamera2":
+        return PiCamera2Source(config.sample_fps, config.width, config.height)
+    raise SourceError(f"Unknown source kind {config.kind!r}: use video, images, camera or picamera2.")

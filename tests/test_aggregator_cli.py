@@ -1,0 +1,243 @@
+"""CLI tests: lecture add/list, report, and each error as one message with its exit status."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from aggregator.cli import main
+from aggregator.store import Store
+from tests.conftest import REPO_ROOT, free_port
+from tests.test_aggregator_helpers import LECTURE_END, LECTURE_START, ROOM, known_lecture_windows, received
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'aggregator.db'}"
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    exit_code = main(list(argv))
+    captured = capsys.readouterr()
+    return exit_code, captured.out, captured.err
+
+
+def test_lecture_add_prints_id(capsys, db_url: str) -> None:
+    exit_code, out, err = run_cli(
+        capsys, "lecture", "add", "--db", db_url, "--room", ROOM, "--title", "Linear Algebra",
+        "--start", "2026-03-02T09:15", "--end", "2026-03-02T10:45", "--tz", "Europe/Berlin",
+    )  # fmt: skip
+
+    assert exit_code == 0
+    assert out == "1\n"
+    assert "Added lecture 1: 'Linear Algebra' in room B-101, 2026-03-02 09:15 UTC+01:00" in err
+    with Store.open(db_url) as store:
+        lecture = store.get_lecture(1)
+    assert lecture.start == datetime(2026, 3, 2, 8, 15, tzinfo=UTC)
+    assert lecture.end == datetime(2026, 3, 2, 9, 45, tzinfo=UTC)
+
+
+def test_lecture_add_offset_overrides_zone(capsys, db_url: str) -> None:
+    exit_code, out, _ = run_cli(
+        capsys, "lecture", "add", "--db", db_url, "--room", ROOM, "--title", "T",
+        "--start", "2026-03-02T08:15:00Z", "--end", "2026-03-02T10:45:00+02:00", "--tz", "America/New_York",
+    )  # fmt: skip
+
+    assert exit_code == 0
+    with Store.open(db_url) as store:
+        lecture = store.get_lecture(int(out))
+    assert lecture.start == datetime(2026, 3, 2, 8, 15, tzinfo=UTC)
+    assert lecture.end == datetime(2026, 3, 2, 8, 45, tzinfo=UTC)
+
+
+def test_lecture_add_system_zone(capsys, db_url: str, monkeypatch) -> None:
+    monkeypatch.setenv("TZ", "America/New_York")
+
+    exit_code, out, _ = run_cli(
+        capsys, "lecture", "add", "--db", db_url, "--room", ROOM, "--title", "T",
+        "--start", "2026-07-01T09:00", "--end", "2026-07-01T10:00",
+    )  # fmt: skip
+
+    assert exit_code == 0
+    with Store.open(db_url) as store:
+        # New York is UTC-04:00 in July.
+        assert store.get_lecture(int(out)).start == datetime(2026, 7, 1, 13, 0, tzinfo=UTC)
+
+
+def test_lecture_database_from_environment(capsys, db_url: str, monkeypatch) -> None:
+    monkeypatch.setenv("AGGREGATOR_DB", db_url)
+
+    run_cli(capsys, "lecture", "add", "--room", ROOM, "--title", "From env",
+            "--start", "2026-03-02T08:00Z", "--end", "2026-03-02T09:00Z")  # fmt: skip
+    exit_code, out, _ = run_cli(capsys, "lecture", "list", "--tz", "UTC")
+
+    assert exit_code == 0
+    assert "From env" in out
+
+
+def test_lecture_list(capsys, db_url: str) -> None:
+    for title, start, end in [("Second", "2026-03-03T08:00Z", "2026-03-03T09:00Z"),
+                              ("First", "2026-03-02T08:00Z", "2026-03-02T09:00Z")]:  # fmt: skip
+        run_cli(capsys, "lecture", "add", "--db", db_url, "--room", ROOM, "--title", title,
+                "--start", start, "--end", end)  # fmt: skip
+
+    exit_code, out, _ = run_cli(capsys, "lecture", "list", "--db", db_url, "--tz", "Europe/Berlin")
+
+    lines = out.splitlines()
+    assert exit_code == 0
+    assert "(times in Europe/Berlin)" in lines[0]
+    assert lines[1].split() == ["2", "2026-03-02", "09:00", "2026-03-02", "10:00", "B-101", "First"]
+    assert lines[2].split() == ["1", "2026-03-03", "09:00", "2026-03-03", "10:00", "B-101", "Second"]
+
+
+def test_lecture_list_empty(capsys, db_url: str) -> None:
+    exit_code, out, err = run_cli(capsys, "lecture", "list", "--db", db_url)
+
+    assert exit_code == 0
+    assert out == ""
+    assert "aggregator lecture add" in err
+
+
+def test_report_prints_text(capsys, db_url: str) -> None:
+    with Store.open(db_url) as store:
+        store.insert_windows([received(window) for window in known_lecture_windows()])
+        lecture = store.add_lecture(ROOM, "Linear Algebra", LECTURE_START, LECTURE_END)
+
+    exit_code, out, _ = run_cli(capsys, "report", str(lecture.id), "--db", db_url, "--tz", "Europe/Berlin")
+
+    assert exit_code == 0
+    assert out.startswith("Lecture 1: Linear Algebra\n")
+    assert "Start:  2026-03-02 09:00:00 UTC+01:00" in out
+    assert "  Windows received:    7 of 60 expected (11.7 %)" in out
+    assert "  09:01        2       -  suppressed" in out
+    assert "  09:02        0       -  no data" in out
+
+
+def test_report_step_option(capsys, db_url: str) -> None:
+    with Store.open(db_url) as store:
+        lecture = store.add_lecture(ROOM, "Linear Algebra", LECTURE_START, LECTURE_END)
+
+    exit_code, out, _ = run_cli(
+        capsys, "report", str(lecture.id), "--db", db_url, "--tz", "UTC", "--step-s", "150"
+    )
+
+    assert exit_code == 0
+    assert "Timeline (150 s steps" in out
+    assert "  08:00:00        0       -  no data" in out
+    assert "  08:02:30        0       -  no data" in out
+
+
+def test_report_unknown_lecture(capsys, db_url: str) -> None:
+    exit_code, out, err = run_cli(capsys, "report", "99", "--db", db_url)
+
+    assert exit_code == 2
+    assert out == ""
+    assert err.startswith("aggregator: error: Lecture 99 not found")
+    assert "aggregator lecture list" in err
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "message"),
+    [
+        (
+            "2026-03-02T10:00",
+            "2026-03-02T09:00",
+            "--end '2026-03-02T09:00' is not after --start '2026-03-02T10:00'",
+        ),
+        ("2026-03-02T10:00", "2026-03-02T10:00", "is not after --start"),
+        ("yesterday", "2026-03-02T10:00", "Invalid --start 'yesterday'"),
+        ("2026-03-02", "2026-03-02T10:00", "has no time of day"),
+        ("2026-03-29T02:30", "2026-03-29T04:00", "does not exist in Europe/Berlin"),
+        ("2026-10-25T02:30", "2026-10-25T04:00", "occurs twice in Europe/Berlin"),
+    ],
+)
+def test_lecture_add_invalid_times(capsys, db_url: str, start: str, end: str, message: str) -> None:
+    exit_code, out, err = run_cli(
+        capsys, "lecture", "add", "--db", db_url, "--room", ROOM, "--title", "T",
+        "--start", start, "--end", end, "--tz", "Europe/Berlin",
+    )  # fmt: skip
+
+    assert exit_code == 2
+    assert out == ""
+    assert message in err
+    assert err.count("\n") == 1
+
+
+def test_unknown_time_zone(capsys, db_url: str) -> None:
+    exit_code, _, err = run_cli(capsys, "lecture", "list", "--db", db_url, "--tz", "Mars/Olympus")
+
+    assert exit_code == 2
+    assert "Unknown time zone 'Mars/Olympus'" in err
+
+
+def test_invalid_database_url(capsys) -> None:
+    exit_code, _, err = run_cli(capsys, "lecture", "list", "--db", "mysql://user@localhost/db")
+
+    assert exit_code == 2
+    assert "Unsupported database 'mysql'" in err
+
+
+def test_unreachable_postgres(capsys) -> None:
+    port = free_port()
+
+    exit_code, _, err = run_cli(
+        capsys, "lecture", "list", "--db", f"postgresql+psycopg://postgres:secret@127.0.0.1:{port}/x"
+    )
+
+    assert exit_code == 1
+    assert f"127.0.0.1:{port}" in err
+    assert "secret" not in err
+    assert err.count("\n") == 1
+
+
+def test_run_unreachable_broker(db_url: str, tmp_path: Path) -> None:
+    port = free_port()
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+
+    completed = subprocess.run(
+        [sys.executable, "-m", "aggregator", "run", "--db", db_url, "--port", str(port)],
+        capture_output=True, text=True, env=environment, timeout=60,
+    )  # fmt: skip
+
+    assert completed.returncode == 1
+    error_lines = [line for line in completed.stderr.splitlines() if line.startswith("aggregator: error:")]
+    assert len(error_lines) == 1
+    assert f"Cannot connect to the MQTT broker at 127.0.0.1:{port}" in error_lines[0]
+    assert "Start the broker, or point --host and --port at a running one" in error_lines[0]
+
+
+def test_imports_no_edge_packages() -> None:
+    # A server installs only the aggregator extra, without the agent's camera and inference packages.
+    code = (
+        "import sys, aggregator.cli, aggregator.ingest, aggregator.report, aggregator.text_report; "
+        "edge = ('cv2', 'numpy', 'ai_edge_litert', 'tflite_runtime'); "
+        "print(sorted(name for name in edge if name in sys.modules))"
+    )
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+
+    completed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=environment, timeout=60, check=True
+    )
+
+    assert completed.stdout.strip() == "[]"
+
+
+def test_run_invalid_option(capsys, db_url: str) -> None:
+    exit_code, _, err = run_cli(capsys, "run", "--db", db_url, "--port", "70000")
+
+    assert exit_code == 2
+    assert "Invalid broker port 70000" in err
+
+
+def test_usage_error_exit_code(capsys) -> None:
+    with pytest.raises(SystemExit) as caught:
+        main(["report", "not-a-number"])
+
+    assert caught.value.code == 2
+    assert "invalid int value: 'not-a-number'" in capsys.readouterr().err

