@@ -13,6 +13,11 @@ Delivery guarantees, with paho-mqtt 2 and MQTT 5:
 - An invalid payload is counted, logged (rate-limited), acknowledged so that it is not
   redelivered forever, and dropped.
 
+Each aggregator also subscribes, without a share group, to every device's ``status``
+and ``stats`` topics: a broker sends retained messages only to non-shared
+subscriptions, and the device rows are updated idempotently however many aggregators
+store the same message.
+
 The broker decides how many windows wait for the aggregator, offline or falling behind
 a burst. Mosquitto 2.0 keeps at most ``max_queued_messages`` (default 1000) per client
 beyond those in flight and drops the rest without telling either side, so a deployment
@@ -24,10 +29,12 @@ from __future__ import annotations
 import logging
 import re
 import socket
+import ssl
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
@@ -37,12 +44,14 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from aggregator import __version__
+from aggregator.devices import DeviceEvent, DeviceTopic, parse_stats, parse_status
 from aggregator.errors import BrokerError, ConfigError
 from aggregator.rejections import RejectionLog, RejectReason
 from aggregator.store import ReceivedWindow, Store
 from aggregator.writer import BatchWriter, InboundMessage
 from edge_agent.payload import (
     DEFAULT_TOPIC_PREFIX,
+    DEVICE_ID_PATTERN as DEVICE_ID_REGEX,
     MAX_PAYLOAD_BYTES,
     PayloadError,
     parse_window,
@@ -53,6 +62,7 @@ log = logging.getLogger(__name__)
 
 TOPIC_PREFIX_PATTERN = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
 SHARE_GROUP_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+DEVICE_ID_PATTERN = re.compile(DEVICE_ID_REGEX)
 RECONNECT_MIN_DELAY_S = 1
 RECONNECT_MAX_DELAY_S = 30
 DISCONNECT_TIMEOUT_S = 5.0
@@ -65,10 +75,11 @@ def default_client_id() -> str:
 
 @dataclass(frozen=True)
 class IngestSettings:
-    """Broker connection, subscription and batching of the ingest."""
+    """Broker connection, subscription and batching of the ingest.
 
-    # NOTE: there are no username, password or TLS settings yet, so a broker that
-    # requires them rejects the aggregator at start.
+    TLS is on when ``tls`` is true or a CA file is given; without a CA file the
+    system's trusted CAs verify the broker. ``password`` is never logged or shown in repr.
+    """
 
     host: str = "127.0.0.1"
     port: int = 1883
@@ -80,12 +91,21 @@ class IngestSettings:
     session_expiry_s: int = 7 * 24 * 3600
     keepalive_s: int = 30
     connect_timeout_s: float = 10.0
-    batch_max_rows: int = 500
+    # A SQLite commit with synchronous = FULL costs a few milliseconds, so batches of a few
+    # thousand rows spread it to a few microseconds per window.
+    batch_max_rows: int = 2000
     batch_max_delay_s: float = 0.2
     # Also sent as the MQTT 5 Receive Maximum, so the broker never has more unacknowledged
-    # messages in flight than the queue holds.
-    queue_size: int = 1000
+    # messages in flight than the queue holds. Twice the batch, so the broker keeps sending
+    # while a batch commits.
+    queue_size: int = 4000
     reject_log_interval_s: float = 60.0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
 
     def __post_init__(self) -> None:
         if not self.host:
@@ -117,6 +137,22 @@ class IngestSettings:
             )
         if not self.batch_max_rows >= 1:
             raise ConfigError(f"Invalid batch size {self.batch_max_rows}: use at least 1")
+        if self.password is not None and self.username is None:
+            raise ConfigError("An MQTT password was given without a username: give --username too")
+        for option, path in (("--ca-file", self.ca_file), ("--cert-file", self.cert_file), ("--key-file", self.key_file)):
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"{option} {str(path)!r} is not a readable file: correct the path")
+        if self.key_file is not None and self.cert_file is None:
+            raise ConfigError("--key-file was given without --cert-file: give the client certificate too")
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls or self.ca_file is not None or self.cert_file is not None
+
+    @property
+    def device_subscriptions(self) -> tuple[str, ...]:
+        """Topic filters of the devices' status and stats topics, never shared."""
+        return tuple(f"{self.topic_prefix}/+/{topic.value}" for topic in DeviceTopic)
 
     @property
     def broker(self) -> str:
@@ -170,6 +206,7 @@ class Ingest:
             manual_ack=True,
         )
         self._client.connect_timeout = settings.connect_timeout_s
+        _configure_credentials(self._client, settings)
         self._client.reconnect_delay_set(RECONNECT_MIN_DELAY_S, RECONNECT_MAX_DELAY_S)
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
@@ -297,8 +334,9 @@ class Ingest:
         if reason_code.is_failure:
             message = (
                 f"The MQTT broker at {settings.broker} rejected the connection of client id "
-                f"{settings.client_id!r}: {reason_code}. Check the client id and the broker's access "
-                "settings: the aggregator connects anonymously and without TLS"
+                f"{settings.client_id!r} (user {settings.username or '(anonymous)'}, "
+                f"TLS {'on' if settings.uses_tls else 'off'}): {reason_code}. Check the client id, "
+                "--username and the password, and the broker's access settings"
             )
             if not self._subscribed.is_set():
                 self._start_error = message
@@ -314,7 +352,8 @@ class Ingest:
             flags.session_present,
         )
         # Subscribing on every connect restores the subscription if the broker lost the session.
-        client.subscribe(settings.subscription, options=SubscribeOptions(qos=1))
+        topics = [settings.subscription, *settings.device_subscriptions]
+        client.subscribe([(topic, SubscribeOptions(qos=1)) for topic in topics])
 
     def _on_subscribe(
         self,
@@ -328,7 +367,8 @@ class Ingest:
         failures = [code for code in reason_codes if code.is_failure]
         if failures:
             message = (
-                f"The MQTT broker at {settings.broker} rejected the subscription to {settings.subscription}: "
+                f"The MQTT broker at {settings.broker} rejected a subscription of {settings.subscription}, "
+                f"{', '.join(settings.device_subscriptions)}: "
                 f"{failures[0]}. Check the broker's ACL for client id {settings.client_id!r}"
             )
             if not self._subscribed.is_set():
@@ -372,6 +412,7 @@ class Ingest:
             return
         received_at = datetime.now(UTC)
         self._received += 1
+        event = None
         try:
             topic = message.topic
         except UnicodeDecodeError:
@@ -379,11 +420,38 @@ class Ingest:
             window = None
             self._rejections.record(RejectReason.TOPIC_MISMATCH, topic, "topic is not valid UTF-8")
         else:
-            window = self._validate(topic, message.payload, received_at)
+            if topic.endswith("/window"):
+                window = self._validate(topic, message.payload, received_at)
+            else:
+                window = None
+                event = self._validate_device_message(topic, message.payload, received_at)
         inbound = InboundMessage(
-            topic=topic, mid=message.mid, qos=message.qos, connection=self._connection, window=window
+            topic=topic,
+            mid=message.mid,
+            qos=message.qos,
+            connection=self._connection,
+            window=window,
+            device_event=event,
         )
         self._writer.put(inbound)
+
+    def _validate_device_message(self, topic: str, payload: bytes, received_at: datetime) -> DeviceEvent | None:
+        """Return the status or stats event, or record why the message is rejected and return None."""
+        prefix = self._settings.topic_prefix + "/"
+        parts = topic[len(prefix) :].split("/") if topic.startswith(prefix) else []
+        if len(parts) != 2 or parts[1] not in (DeviceTopic.STATUS, DeviceTopic.STATS):
+            self._rejections.record(RejectReason.TOPIC_MISMATCH, topic, "not a window, status or stats topic")
+            return None
+        device_id, kind = parts[0], DeviceTopic(parts[1])
+        if not DEVICE_ID_PATTERN.match(device_id):
+            self._rejections.record(RejectReason.TOPIC_MISMATCH, topic, f"invalid device id {device_id!r}")
+            return None
+        try:
+            text = parse_status(payload) if kind is DeviceTopic.STATUS else parse_stats(payload)
+        except ValueError as error:
+            self._rejections.record(RejectReason.INVALID_DEVICE_MESSAGE, topic, str(error))
+            return None
+        return DeviceEvent(device_id=device_id, topic=kind, text=text, received_at=received_at)
 
     def _validate(self, topic: str, payload: bytes, received_at: datetime) -> ReceivedWindow | None:
         """Return the parsed window, or record why the message is rejected and return None."""
@@ -419,6 +487,30 @@ class Ingest:
             # that reuses the id before it is stored.
             if message.qos > 0 and message.connection == connection:
                 self._client.ack(message.mid, message.qos)
+
+
+def _configure_credentials(client: mqtt.Client, settings: IngestSettings) -> None:
+    """Set the username, password and TLS options of the client.
+
+    Raises:
+        ConfigError: a certificate or key file cannot be loaded.
+    """
+    if settings.username is not None:
+        client.username_pw_set(settings.username, settings.password)
+    if not settings.uses_tls:
+        return
+    try:
+        client.tls_set(
+            ca_certs=str(settings.ca_file) if settings.ca_file else None,
+            certfile=str(settings.cert_file) if settings.cert_file else None,
+            keyfile=str(settings.key_file) if settings.key_file else None,
+            cert_reqs=ssl.CERT_REQUIRED,
+        )
+    except (ssl.SSLError, OSError) as error:
+        raise ConfigError(
+            f"Cannot load the TLS files (CA {settings.ca_file}, certificate {settings.cert_file}, "
+            f"key {settings.key_file}): {error}. Give PEM files that match each other"
+        ) from None
 
 
 def device_id_in_topic(topic: str, prefix: str) -> str | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, String, Text, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -20,6 +20,9 @@ from sqlalchemy.types import TypeDecorator
 DEVICE_ID_LENGTH = 64
 ROOM_LENGTH = 64
 TITLE_LENGTH = 200
+COURSE_LENGTH = 200
+SOURCE_UID_LENGTH = 400
+STATUS_LENGTH = 16
 
 # JSONB on PostgreSQL so that later reports can index and query labels; TEXT-backed JSON elsewhere.
 # none_as_null stores Python None as SQL NULL instead of the JSON text 'null'.
@@ -67,6 +70,8 @@ class WindowRow(Base):
         UniqueConstraint("device_id", "window_start", name="uq_windows_device_id_window_start"),
         # Reports select the windows of one room in a time range.
         Index("ix_windows_room_window_start", "room", "window_start"),
+        # The purge deletes the windows of every room before a cutoff.
+        Index("ix_windows_window_start", "window_start"),
     )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True)
@@ -88,10 +93,39 @@ class LectureRow(Base):
     """A lecture: a room and a time range that a report covers."""
 
     __tablename__ = "lectures"
-    __table_args__ = (Index("ix_lectures_room_start", "room", "start"),)
+    __table_args__ = (
+        Index("ix_lectures_room_start", "room", "start"),
+        Index("ix_lectures_course_start", "course", "start"),
+        # A timetable imported again updates its lectures instead of adding them twice.
+        UniqueConstraint("room", "source_uid", name="uq_lectures_room_source_uid"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     room: Mapped[str] = mapped_column(String(ROOM_LENGTH))
     title: Mapped[str] = mapped_column(String(TITLE_LENGTH))
     start: Mapped[datetime] = mapped_column(UtcDateTime())
     end: Mapped[datetime] = mapped_column(UtcDateTime())
+    course: Mapped[str | None] = mapped_column(String(COURSE_LENGTH))
+    # manual, ad-hoc, csv or ics: see aggregator.store.LectureSource.
+    source: Mapped[str] = mapped_column(String(16), server_default="manual")
+    # Key of the lecture in its timetable: the CSV row's uid, or the iCalendar UID and start.
+    source_uid: Mapped[str | None] = mapped_column(String(SOURCE_UID_LENGTH))
+
+
+class DeviceRow(Base):
+    """An agent: when it was seen, its MQTT status and its latest statistics."""
+
+    __tablename__ = "devices"
+
+    device_id: Mapped[str] = mapped_column(String(DEVICE_ID_LENGTH), primary_key=True)
+    room: Mapped[str | None] = mapped_column(String(ROOM_LENGTH))
+    # Receive times of the first and latest message of any topic of the device, UTC.
+    first_seen: Mapped[datetime] = mapped_column(UtcDateTime())
+    last_seen: Mapped[datetime] = mapped_column(UtcDateTime())
+    last_window_end: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # Latest text of the retained status topic: online, offline or stopped.
+    status: Mapped[str | None] = mapped_column(String(STATUS_LENGTH))
+    status_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # Latest stats payload as received. Its fields are not fixed yet, so it is kept as text.
+    stats_json: Mapped[str | None] = mapped_column(Text)
+    stats_at: Mapped[datetime | None] = mapped_column(UtcDateTime())

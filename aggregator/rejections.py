@@ -25,6 +25,7 @@ class RejectReason(StrEnum):
     SCHEMA_VERSION = "schema_version"
     INVALID_FIELDS = "invalid_fields"
     TOPIC_MISMATCH = "topic_mismatch"
+    INVALID_DEVICE_MESSAGE = "invalid_device_message"
     DATABASE_REJECTED = "database_rejected"
 
 

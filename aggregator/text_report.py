@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from aggregator.range_report import RangeReport
 from aggregator.report import LectureReport, StepStatus, TimelineStep
 from aggregator.times import format_offset
 
@@ -121,3 +122,33 @@ def _time_format(report: LectureReport) -> str:
 
 def _format_time(moment: datetime, report: LectureReport, time_format: str) -> str:
     return _local(moment, report).strftime(time_format)
+
+
+def render_range_text(report: RangeReport) -> str:
+    """Return a room or course report as text: one row per lecture, then the overall shares."""
+    zone = report.zone.tzinfo
+    lines = [
+        f"{report.scope.capitalize()} {report.name}: {len(report.lectures)} lectures from "
+        f"{report.start.astimezone(zone):%Y-%m-%d} to {report.end.astimezone(zone):%Y-%m-%d} ({report.zone.name})",
+        "",
+    ]
+    label_widths = [max(len(label), LABEL_COLUMN_MIN_WIDTH) for label in report.labels]
+    header = [f"{'start':<16}", f"{'id':>5}", f"{'coverage':>8}", f"{'faces':>7}"]
+    header += [f"{label:>{width}}" for label, width in zip(report.labels, label_widths, strict=True)]
+    lines.append("  " + "  ".join(header) + "  title")
+    for summary in report.lectures:
+        coverage = f"{summary.coverage_percent:.0f} %" if summary.coverage_percent is not None else "-"
+        cells = [
+            f"{summary.lecture.start.astimezone(zone):%Y-%m-%d %H:%M}",
+            f"{summary.lecture.id:>5}",
+            f"{coverage:>8}",
+            f"{summary.classified_faces:>7}",
+        ]
+        for share, width in zip(summary.shares, label_widths, strict=True):
+            cells.append(f"{share.percent:>{width}.1f}" if summary.classified_faces else f"{'-':>{width}}")
+        lines.append("  " + "  ".join(cells) + f"  {summary.lecture.title}")
+    lines.append("")
+    lines.append(f"Emotion shares over all lectures (% of {report.classified_faces} classified faces)")
+    for share in sorted(report.shares, key=lambda item: -item.count):
+        lines.append(f"  {share.label:<10}  {share.percent:5.1f} %  {share.count:>8}")
+    return "\n".join(lines) + "\n"

@@ -16,7 +16,9 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
+from aggregator.devices import DeviceEvent
 from aggregator.errors import StoreError
 from aggregator.rejections import RejectionLog, RejectReason
 from aggregator.store import InsertResult, ReceivedWindow, Store
@@ -31,7 +33,8 @@ RETRY_DELAYS_S = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 class InboundMessage:
     """One message taken from MQTT, with what the broker needs to acknowledge it.
 
-    ``window`` is None for a rejected message, which is only acknowledged.
+    ``window`` is set for a valid window and ``device_event`` for a valid status or
+    stats message. A rejected message has neither and is only acknowledged.
     ``connection`` numbers the broker connection it arrived on, because it is
     acknowledged only on that connection.
     """
@@ -41,6 +44,10 @@ class InboundMessage:
     qos: int
     connection: int
     window: ReceivedWindow | None
+    device_event: DeviceEvent | None = None
+
+
+_Result = TypeVar("_Result")
 
 
 _STOP = object()
@@ -55,9 +62,9 @@ class BatchWriter:
         acknowledge: Callable[[Sequence[InboundMessage]], None],
         rejections: RejectionLog,
         *,
-        max_rows: int = 500,
+        max_rows: int = 2000,
         max_delay_s: float = 0.2,
-        queue_size: int = 1000,
+        queue_size: int = 4000,
     ) -> None:
         self._store = store
         self._acknowledge = acknowledge
@@ -174,8 +181,21 @@ class BatchWriter:
             with self._lock:
                 self._stored += outcome.stored
                 self._duplicates += outcome.duplicates
+        events = [message.device_event for message in batch if message.device_event is not None]
+        if events and not self._store_device_events(events):
+            return False
         self._acknowledge(batch)
         return True
+
+    def _store_device_events(self, events: list[DeviceEvent]) -> bool:
+        """Store status and stats messages. Return False after giving up at stop."""
+        try:
+            stored = self._with_retry(lambda: self._store.record_device_events(events) or True, len(events))
+        except StoreError as error:
+            for event in events:
+                self._rejections.record(RejectReason.DATABASE_REJECTED, event.device_id, str(error))
+            return True
+        return stored is not None
 
     def _store_messages(self, messages: list[InboundMessage]) -> _StoreOutcome | None:
         """Store the windows of the messages. Return None after giving up at stop."""
@@ -217,19 +237,23 @@ class BatchWriter:
         Raises:
             StoreError: the database rejected the data, so a retry cannot succeed.
         """
+        return self._with_retry(lambda: self._store.insert_windows(windows), len(windows))
+
+    def _with_retry(self, action: Callable[[], _Result], message_count: int) -> _Result | None:
+        """Run a store action, retrying while the database is unavailable; None after giving up at stop."""
         attempt = 0
         while True:
             try:
-                return self._store.insert_windows(windows)
+                return action()
             except StoreError as error:
                 if not error.retryable:
                     raise
                 if self._stopping.is_set() and attempt > 0:
-                    self.failure = f"stopped with {len(windows)} windows not stored: {error}"
+                    self.failure = f"stopped with {message_count} messages not stored: {error}"
                     log.error(
-                        "Giving up on %d windows at stop because the database still fails: %s. "
+                        "Giving up on %d messages at stop because the database still fails: %s. "
                         "They were not acknowledged, so the broker delivers them again at the next start",
-                        len(windows),
+                        message_count,
                         error,
                     )
                     return None

@@ -159,6 +159,7 @@ def run_demo(work_dir: Path, video: Path) -> str:
         run_checked(
             [tool("edge-agent"), "run", "--config", str(AGENT_CONFIG), "--source", str(video),
              "--start", LECTURE_START.isoformat(), "--mqtt-port", str(port),
+             "--outbox", str(work_dir / "agent-outbox.sqlite3"),
              "--summary-json", str(summary_path), "--log-level", "WARNING"],
             "edge-agent run",
         )

@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,6 +28,70 @@ from edge_agent.errors import SourceError
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+# Frames with a side below this cannot hold a face the detectors find, and are dropped.
+MIN_FRAME_PX = 16
+IDLE_CALLBACK_S = 1.0
+# A live source whose reader thread is alive but delivers nothing for this long counts as failed.
+STALL_TIMEOUT_S = 30.0
+# Byte order of each picamera2 format in the arrays capture_array returns (Picamera2
+# manual, appendix A): the names give the order of a little-endian word, so "RGB888"
+# arrives as B, G, R and "XRGB8888" as B, G, R, 255.
+PICAMERA_BYTE_ORDER = {"RGB888": "BGR", "BGR888": "RGB", "XRGB8888": "BGRX", "XBGR8888": "RGBX"}
+
+
+def _do_nothing() -> None:
+    pass
+
+
+def picamera_to_bgr(image: np.ndarray, pixel_format: str) -> np.ndarray:
+    """Convert a picamera2 ``capture_array`` result to contiguous BGR.
+
+    Raises:
+        SourceError: the format is unknown or the array does not have its channel count.
+    """
+    order = PICAMERA_BYTE_ORDER.get(pixel_format)
+    if order is None:
+        raise SourceError(
+            f"Unsupported picamera2 pixel format {pixel_format!r}: use one of {', '.join(PICAMERA_BYTE_ORDER)}."
+        )
+    channels = len(order)
+    if image.ndim != 3 or image.shape[2] != channels:
+        raise SourceError(
+            f"picamera2 returned an array of shape {image.shape} for format {pixel_format}, "
+            f"expected (height, width, {channels})"
+        )
+    if order.startswith("BGR"):
+        return np.ascontiguousarray(image[:, :, :3])
+    return np.ascontiguousarray(image[:, :, 2::-1])
+
+
+def prepare_frame(image: np.ndarray | None, max_width_px: int, max_height_px: int) -> np.ndarray | None:
+    """Return a contiguous BGR uint8 frame within the size limit, or None for a frame to drop.
+
+    Grayscale and four-channel (BGRA) frames are converted, frames larger than the limit
+    are scaled down keeping their aspect ratio, and empty, non-uint8, malformed or tiny
+    frames (a side below ``MIN_FRAME_PX``) return None.
+    """
+    if image is None or not isinstance(image, np.ndarray) or image.size == 0 or image.dtype != np.uint8:
+        return None
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim < 2 or min(image.shape[:2]) < MIN_FRAME_PX:
+        return None
+    if image.ndim == 2:
+        bgr = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_GRAY2BGR)
+    elif image.ndim == 3 and image.shape[2] == 4:
+        bgr = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_BGRA2BGR)
+    elif image.ndim == 3 and image.shape[2] == 3:
+        bgr = np.ascontiguousarray(image)
+    else:
+        return None
+    height_px, width_px = bgr.shape[:2]
+    scale = min(max_width_px / width_px, max_height_px / height_px)
+    if scale < 1.0:
+        size = (max(1, round(width_px * scale)), max(1, round(height_px * scale)))
+        bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
+    return bgr
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +271,9 @@ class LiveSource:
         self._stop = threading.Event()
         self._reader: threading.Thread | None = None
         self.read_error: str | None = None
+        # Called about once a second while no frame arrives, so the caller's loop keeps its
+        # watchdog and MQTT housekeeping going.
+        self.on_idle: Callable[[], None] = _do_nothing
 
     @property
     def skipped_frames(self) -> int:
@@ -234,18 +301,23 @@ class LiveSource:
         self._reader.start()
         index = 0
         next_due = time.monotonic()
+        last_frame_at = time.monotonic()
         try:
             while not self._stop.is_set():
                 delay_s = next_due - time.monotonic()
                 if delay_s > 0 and self._stop.wait(delay_s):
                     break
                 next_due = max(next_due + self._interval_s, time.monotonic())
-                image = self._slot.take(timeout_s=5.0)
+                image = self._slot.take(timeout_s=IDLE_CALLBACK_S)
                 if image is None:
                     if self.read_error or not self._reader.is_alive():
                         raise SourceError(self.read_error or f"{self.description} ended")
-                    log.warning("No frame from %s for 5 s", self.description)
+                    self.on_idle()
+                    waited_s = time.monotonic() - last_frame_at
+                    if waited_s > STALL_TIMEOUT_S:
+                        raise SourceError(f"{self.description} delivered no frame for {STALL_TIMEOUT_S:.0f} s")
                     continue
+                last_frame_at = time.monotonic()
                 yield Frame(image, datetime.now(UTC), index)
                 index += 1
         finally:
@@ -286,9 +358,12 @@ class OpenCVCameraSource(LiveSource):
 class PiCamera2Source(LiveSource):
     """The Raspberry Pi camera through picamera2, imported only when this source is used."""
 
-    def __init__(self, sample_fps: float, width: int | None, height: int | None) -> None:
+    def __init__(
+        self, sample_fps: float, width: int | None, height: int | None, pixel_format: str = "RGB888"
+    ) -> None:
         super().__init__(sample_fps)
         self.description = "picamera2"
+        self._pixel_format = pixel_format
         try:
             from picamera2 import Picamera2
         except ImportError:
@@ -299,18 +374,14 @@ class PiCamera2Source(LiveSource):
         try:
             self._camera = Picamera2()
             size = (width or 1280, height or 720)
-            # picamera2's "RGB888" delivers pixels in BGR order, which is what OpenCV expects.
-            config = self._camera.create_video_configuration(main={"size": size, "format": "RGB888"})
+            config = self._camera.create_video_configuration(main={"size": size, "format": pixel_format})
             self._camera.configure(config)
             self._camera.start()
         except (RuntimeError, IndexError, OSError) as error:
             raise SourceError(f"Cannot start the Pi camera: {error}. Is another process using it?") from None
 
     def _read_one(self) -> np.ndarray | None:
-        image = self._camera.capture_array("main")
-        if image.ndim == 3 and image.shape[2] == 4:
-            image = np.ascontiguousarray(image[:, :, :3])
-        return image
+        return picamera_to_bgr(self._camera.capture_array("main"), self._pixel_format)
 
     def _release(self) -> None:
         self._camera.close()
@@ -329,5 +400,151 @@ def open_source(config: SourceConfig) -> FrameSource:
     if config.kind == "camera":
         return OpenCVCameraSource(config.uri, config.sample_fps, config.width, config.height)
     if config.kind == "picamera2":
-        return PiCamera2Source(config.sample_fps, config.width, config.height)
+        return PiCamera2Source(config.sample_fps, config.width, config.height, config.pixel_format)
     raise SourceError(f"Unknown source kind {config.kind!r}: use video, images, camera or picamera2.")
+
+
+class ResilientSource:
+    """A source that is reopened with exponential back-off when it fails or ends, or stops, as configured.
+
+    Each frame is passed through ``prepare_frame``; dropped frames are counted in
+    ``invalid_frames``. ``state`` is "running", "reconnecting" or "ended", and
+    ``on_state`` is called with it on every change. While it waits, it calls
+    ``on_idle`` about once a second.
+
+    With the "stop" policy, a failure ends ``frames`` with the ``SourceError``, and the
+    normal end of a recording ends it quietly. The first open happens in the
+    constructor under the "stop" policy, so a wrong path fails at start.
+    """
+
+    def __init__(
+        self,
+        config: SourceConfig,
+        opener: Callable[[SourceConfig], FrameSource] | None = None,
+        on_idle: Callable[[], None] = _do_nothing,
+        on_state: Callable[[str], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.policy = config.loss_policy
+        self._opener = opener or open_source
+        self.on_idle = on_idle
+        self.on_state = on_state
+        self._stop = threading.Event()
+        self._skipped_before = 0
+        self.invalid_frames = 0
+        self.reconnects = 0
+        self.state = "running"
+        self._current: FrameSource | None = None
+        self._first_error: SourceError | None = None
+        try:
+            self._current = self._opener(config)
+        except SourceError as error:
+            if self.policy == "stop":
+                raise
+            self._first_error = error
+        self.description = self._current.description if self._current else f"{config.kind} {config.uri}"
+
+    @property
+    def skipped_frames(self) -> int:
+        current = getattr(self._current, "skipped_frames", 0) if self._current else 0
+        return self._skipped_before + current
+
+    def frames(self) -> Iterator[Frame]:
+        max_width_px, max_height_px = self.config.max_frame_px
+        delay_s = self.config.reconnect_min_s
+        warned_size = False
+        if self._first_error is not None:
+            self._wait_after(self._first_error, delay_s)
+            delay_s = min(delay_s * 2, self.config.reconnect_max_s)
+        while not self._stop.is_set():
+            source = self._current or self._open()
+            if source is None:
+                self._wait_after(None, delay_s)
+                delay_s = min(delay_s * 2, self.config.reconnect_max_s)
+                continue
+            if hasattr(source, "on_idle"):
+                source.on_idle = self.on_idle
+            failure: SourceError | None = None
+            try:
+                for frame in source.frames():
+                    if self._stop.is_set():
+                        break
+                    self._set_state("running")
+                    delay_s = self.config.reconnect_min_s
+                    image = prepare_frame(frame.image, max_width_px, max_height_px)
+                    if image is None:
+                        self._count_invalid(frame)
+                        continue
+                    if not warned_size and image.shape[:2] != frame.image.shape[:2]:
+                        warned_size = True
+                        log.warning(
+                            "Frames of %s are %dx%d, larger than the configured %dx%d: scaling them down",
+                            self.description, frame.image.shape[1], frame.image.shape[0],
+                            max_width_px, max_height_px,
+                        )
+                    yield Frame(image, frame.timestamp, frame.index)
+            except SourceError as error:
+                failure = error
+            finally:
+                self._skipped_before += getattr(source, "skipped_frames", 0)
+                self._current = None
+                source.close()
+            if self._stop.is_set():
+                break
+            if self.policy == "stop":
+                self._set_state("ended")
+                if failure is not None:
+                    raise failure
+                log.info("Source %s ended", self.description)
+                return
+            self._wait_after(failure, delay_s)
+            delay_s = min(delay_s * 2, self.config.reconnect_max_s)
+        self._set_state("ended")
+
+    def close(self) -> None:
+        self._stop.set()
+        current = self._current
+        if current is not None:
+            current.close()
+
+    def _open(self) -> FrameSource | None:
+        try:
+            source = self._opener(self.config)
+        except SourceError as error:
+            log.warning("Cannot reopen %s: %s", self.description, error)
+            return None
+        self.reconnects += 1
+        log.info("Source %s reopened (reconnect %d)", source.description, self.reconnects)
+        self._current = source
+        return source
+
+    def _wait_after(self, failure: SourceError | None, delay_s: float) -> None:
+        self._set_state("reconnecting")
+        if failure is not None:
+            log.warning("Source %s failed: %s; reopening in %.0f s", self.description, failure, delay_s)
+        else:
+            log.info("Source %s ended or is unavailable; reopening in %.0f s", self.description, delay_s)
+        deadline = time.monotonic() + delay_s
+        while not self._stop.is_set():
+            remaining_s = deadline - time.monotonic()
+            if remaining_s <= 0:
+                break
+            self._stop.wait(min(remaining_s, IDLE_CALLBACK_S))
+            self.on_idle()
+
+    def _count_invalid(self, frame: Frame) -> None:
+        self.invalid_frames += 1
+        # Log the first and then every 100th, so a broken camera cannot flood the journal.
+        if self.invalid_frames == 1 or self.invalid_frames % 100 == 0:
+            shape = getattr(frame.image, "shape", None)
+            log.warning(
+                "Dropped frame %d of %s: empty, malformed or smaller than %d px (shape %s); %d dropped so far",
+                frame.index, self.description, MIN_FRAME_PX, shape, self.invalid_frames,
+            )
+
+    def _set_state(self, state: str) -> None:
+        if state == self.state:
+            return
+        self.state = state
+        if self.on_state is not None:
+            self.on_state(state)

@@ -1,6 +1,7 @@
-"""Command line of the edge agent: ``edge-agent run``, ``check-config`` and ``schema``.
+"""Command line of the edge agent: ``edge-agent run``, ``check-config``, ``systemd-unit`` and ``schema``.
 
-Exit codes: 0 success, 1 runtime failure (model, source, broker), 2 invalid
+Exit codes: 0 success, 1 runtime failure (model, source, broker credentials, RAM
+budget, or a replay that ended with windows left in the outbox), 2 invalid
 configuration or usage.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from datetime import datetime
@@ -21,6 +23,8 @@ log = logging.getLogger("edge_agent")
 
 EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
+DEFAULT_UNIT_CONFIG_PATH = "/etc/edge-agent/agent.toml"
+UNIT_TEMPLATE = Path(__file__).resolve().parent.parent / "systemd" / "edge-agent.service"
 
 
 def _parse_start(text: str) -> str:
@@ -53,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--start", type=_parse_start, help="wall-clock time of the first frame of a recording (ISO 8601 with offset)"
     )
+    run.add_argument("--outbox", type=Path, help="override [outbox] path: the SQLite file of pending windows")
     run.add_argument("--mqtt-host", help="override [mqtt] host")
     run.add_argument("--mqtt-port", type=int, help="override [mqtt] port")
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -64,6 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("config", type=Path)
 
     commands.add_parser("schema", help="print the JSON Schema of the window payload")
+
+    unit = commands.add_parser(
+        "systemd-unit", help="print the systemd unit with MemoryHigh and MemoryMax from the config's budget_mib"
+    )
+    unit.add_argument("config", type=Path)
+    unit.add_argument(
+        "--config-path",
+        default=DEFAULT_UNIT_CONFIG_PATH,
+        help=f"config path written into ExecStart (default {DEFAULT_UNIT_CONFIG_PATH})",
+    )
     return parser
 
 
@@ -80,7 +95,11 @@ def _overrides(args: argparse.Namespace) -> dict:
         mqtt["host"] = args.mqtt_host
     if args.mqtt_port is not None:
         mqtt["port"] = args.mqtt_port
-    return {key: value for key, value in (("source", source), ("mqtt", mqtt)) if value}
+    outbox: dict = {}
+    if args.outbox is not None:
+        outbox["path"] = str(args.outbox.resolve())
+    sections = (("source", source), ("mqtt", mqtt), ("outbox", outbox))
+    return {key: value for key, value in sections if value}
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -111,22 +130,112 @@ def _run(args: argparse.Namespace) -> int:
                     "faces_seen": summary.faces_seen,
                     "windows_published": summary.windows_published,
                     "windows_acknowledged": summary.windows_acknowledged,
+                    "windows_pending": summary.windows_pending,
                     "windows_suppressed": summary.windows_suppressed,
+                    "windows_dropped": summary.windows_dropped,
+                    "skipped_frames": summary.skipped_frames,
+                    "invalid_frames": summary.invalid_frames,
                     "label_counts": dict(summary.label_counts),
                 },
                 indent=2,
             )
         )
-    if summary.windows_acknowledged < summary.windows_published:
+    if summary.source_error is not None:
+        print(f"edge-agent: {summary.source_error}", file=sys.stderr)
+        return EXIT_RUNTIME
+    # After SIGTERM, pending windows are safe in the outbox. After a replay that ended on
+    # its own, they mean the broker did not take everything, which the caller must learn.
+    if summary.windows_pending and not summary.stopped_by_request:
+        if not summary.broker_reached:
+            print(
+                f"edge-agent: the MQTT broker at {config.mqtt.host}:{config.mqtt.port} was not reachable during "
+                "the run. Check that it runs and that [mqtt] host and port in the config are right.",
+                file=sys.stderr,
+            )
+        print(
+            f"edge-agent: {summary.windows_pending} window(s) were not acknowledged by the broker and stay in "
+            f"the outbox {config.outbox.path}; the next run sends them",
+            file=sys.stderr,
+        )
         return EXIT_RUNTIME
     return 0
 
 
 def _check_config(path: Path) -> int:
+    from edge_agent.budget import BudgetPlan, memory_max_mib, static_parts
+    from edge_agent.config import load_config
+    from edge_agent.publisher import check_tls_files, read_password
+
+    config = load_config(path)
+    problems: list[str] = []
+    models = [("classifier.model", config.classifier.model)]
+    if config.detector.model is not None:
+        models.append(("detector.model", config.detector.model))
+    for key, model in models:
+        if not Path(model).is_file():
+            problems.append(f"  {key} = '{model}': file not found; fix the path")
+    if config.source.kind in ("video", "images") and not Path(config.source.uri).exists():
+        problems.append(f"  source.uri = '{config.source.uri}': not found; fix the path")
+    for check in (check_tls_files, read_password):
+        try:
+            check(config.mqtt)
+        except ConfigError as error:
+            problems.append(f"  {error}")
+    # Only a warning: outside systemd, $STATE_DIRECTORY is unset and a relative outbox path
+    # resolves against the config's directory, which the service itself never writes to.
+    outbox_dir = _nearest_existing_dir(Path(config.outbox.path).parent)
+    outbox_warning = None
+    if not os.access(outbox_dir, os.W_OK):
+        outbox_warning = (
+            f"  warning: outbox.path = '{config.outbox.path}': {outbox_dir} is not writable by this user; "
+            "under the systemd unit a relative path goes to $STATE_DIRECTORY instead"
+        )
+    plan = BudgetPlan(tuple(static_parts(config)), config.budget_mib)
+    if plan.total_mib > config.budget_mib:
+        problems.append(f"  budget_mib = {config.budget_mib}: the frame buffers, outbox and MQTT parts alone need "
+                        f"{plan.total_mib:.1f} MiB; {plan.largest.remedy}, or raise budget_mib")
+    if problems:
+        print(f"{path}: {len(problems)} problem(s)", file=sys.stderr)
+        print("\n".join(problems), file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"{path}: valid (device {config.device_id}, room {config.room!r}, source {config.source.kind})")
+    print(f"  budget_mib {config.budget_mib}: systemd MemoryHigh={config.budget_mib}M "
+          f"MemoryMax={memory_max_mib(config.budget_mib)}M")
+    print(f"  parts known before the models load: {plan.describe()}")
+    print(f"  outbox {config.outbox.path}, at most {config.outbox.max_windows} windows, {config.outbox.when_full}")
+    if outbox_warning:
+        print(outbox_warning)
+    return 0
+
+
+def _nearest_existing_dir(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def render_unit(budget_mib: int, config_path: str) -> str:
+    """Return the systemd unit with MemoryHigh and MemoryMax set from ``budget_mib``."""
+    from edge_agent.budget import memory_max_mib
+
+    text = UNIT_TEMPLATE.read_text(encoding="utf-8")
+    lines = []
+    for line in text.splitlines():
+        if line.startswith("MemoryHigh="):
+            line = f"MemoryHigh={budget_mib}M"
+        elif line.startswith("MemoryMax="):
+            line = f"MemoryMax={memory_max_mib(budget_mib)}M"
+        elif line.startswith("ExecStart="):
+            line = line.replace(DEFAULT_UNIT_CONFIG_PATH, config_path)
+        lines.append(line)
+    return "\n".join(lines) + "\n"
+
+
+def _print_unit(path: Path, config_path: str) -> int:
     from edge_agent.config import load_config
 
     config = load_config(path)
-    print(f"{path}: valid (device {config.device_id}, room {config.room!r}, source {config.source.kind})")
+    print(render_unit(config.budget_mib, config_path), end="")
     return 0
 
 
@@ -141,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "check-config":
             return _check_config(args.config)
+        if args.command == "systemd-unit":
+            return _print_unit(args.config, args.config_path)
         if args.command == "schema":
             from edge_agent.payload import json_schema
 

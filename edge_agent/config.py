@@ -8,12 +8,21 @@ that lists each bad key with its value and the fix.
 
 from __future__ import annotations
 
+import os
 import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from edge_agent.errors import ConfigError
 from edge_agent.payload import DEFAULT_TOPIC_PREFIX, DEVICE_ID_PATTERN
@@ -22,6 +31,9 @@ MODELS_DIR = Path(__file__).parent / "models"
 DEFAULT_EMOTION_MODEL = MODELS_DIR / "emotion_mini_xception_int8.tflite"
 DEFAULT_BLAZEFACE_MODEL = MODELS_DIR / "face_detection_full_range.tflite"
 DEFAULT_HAAR_CASCADE = MODELS_DIR / "haarcascade_frontalface_default.xml"
+DEFAULT_MAX_FRAME_WIDTH_PX = 1920
+DEFAULT_MAX_FRAME_HEIGHT_PX = 1080
+DEFAULT_BUDGET_MIB = 256
 
 
 class _Section(BaseModel):
@@ -50,8 +62,57 @@ class SourceConfig(_Section):
     image_interval_s: float = Field(
         default=1.0, gt=0, le=3600, description="Source time between two photos of an image folder."
     )
-    width: int | None = Field(default=None, ge=16, le=7680, description="Requested camera width in pixels.")
-    height: int | None = Field(default=None, ge=16, le=4320, description="Requested camera height in pixels.")
+    width: int | None = Field(
+        default=None,
+        ge=16,
+        le=7680,
+        description="Requested camera width in pixels, and the largest frame width processed: wider frames "
+        "are scaled down. Default: 1920.",
+    )
+    height: int | None = Field(
+        default=None,
+        ge=16,
+        le=4320,
+        description="Requested camera height in pixels, and the largest frame height processed. Default: 1080.",
+    )
+    pixel_format: Literal["RGB888", "BGR888", "XRGB8888", "XBGR8888"] = Field(
+        default="RGB888",
+        description="picamera2 main stream format. RGB888 and XRGB8888 arrive in BGR byte order; "
+        "BGR888 and XBGR8888 in RGB order. The agent converts all four to BGR.",
+    )
+    on_loss: Literal["reconnect", "stop"] | None = Field(
+        default=None,
+        description="When the source fails or ends: reconnect with back-off, or stop the agent. "
+        "Default: reconnect for camera and picamera2, stop for video and images.",
+    )
+    reconnect_min_s: float = Field(default=1.0, gt=0, le=600, description="First wait before reopening.")
+    reconnect_max_s: float = Field(
+        default=60.0, gt=0, le=3600, description="Longest wait between reopening attempts; waits double up to it."
+    )
+
+    @property
+    def loss_policy(self) -> Literal["reconnect", "stop"]:
+        if self.on_loss is not None:
+            return self.on_loss
+        return "reconnect" if self.kind in ("camera", "picamera2") else "stop"
+
+    @property
+    def max_frame_px(self) -> tuple[int, int]:
+        """Largest (width, height) the agent processes; the RAM budget counts frames of this size."""
+        return (self.width or DEFAULT_MAX_FRAME_WIDTH_PX, self.height or DEFAULT_MAX_FRAME_HEIGHT_PX)
+
+    @model_validator(mode="after")
+    def _check_reconnect(self) -> SourceConfig:
+        if self.on_loss == "reconnect" and self.kind in ("video", "images"):
+            raise ValueError(
+                f"on_loss = 'reconnect' applies to live sources only; a {self.kind} source would replay its "
+                "timeline again. Use kind = 'camera' for a stream, or on_loss = 'stop'"
+            )
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError(
+                f"reconnect_max_s ({self.reconnect_max_s}) is below reconnect_min_s ({self.reconnect_min_s})"
+            )
+        return self
 
 
 class DetectorConfig(_Section):
@@ -97,7 +158,68 @@ class MqttConfig(_Section):
     topic_prefix: str = Field(default=DEFAULT_TOPIC_PREFIX, pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     connect_timeout_s: float = Field(default=10.0, gt=0, le=300)
-    publish_timeout_s: float = Field(default=10.0, gt=0, le=300, description="Wait for PUBACK at shutdown.")
+    publish_timeout_s: float = Field(
+        default=3.0,
+        ge=0,
+        le=300,
+        description="At shutdown, how long to wait for PUBACKs of pending windows; what is left stays in the "
+        "outbox for the next start.",
+    )
+    client_id: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Default: edge-agent-{device_id}."
+    )
+    max_inflight: int = Field(
+        default=20, ge=1, le=1000, description="Windows handed to the MQTT client at once, awaiting PUBACK."
+    )
+    stats_interval_s: float = Field(default=60.0, ge=1, le=86400, description="Seconds between stats messages.")
+    tls: bool = Field(default=False, description="Connect with TLS. Implied by ca_file.")
+    ca_file: Path | None = Field(default=None, description="PEM file of the CA that signed the broker's certificate.")
+    cert_file: Path | None = Field(default=None, description="PEM client certificate, for brokers that require one.")
+    key_file: Path | None = Field(default=None, description="PEM private key of cert_file.")
+    username: str | None = Field(default=None, min_length=1, max_length=256)
+    password_file: Path | None = Field(
+        default=None, description="File whose first line is the password. Keep it readable by the agent only."
+    )
+    password_env: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Environment variable that holds the password, for example from systemd's LoadCredential.",
+    )
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls or self.ca_file is not None or self.cert_file is not None
+
+    @model_validator(mode="after")
+    def _check_credentials(self) -> MqttConfig:
+        if self.password_file is not None and self.password_env is not None:
+            raise ValueError("set password_file or password_env, not both")
+        if (self.password_file is not None or self.password_env is not None) and self.username is None:
+            raise ValueError("a password needs a username: set username")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together: set both or neither")
+        return self
+
+
+class OutboxConfig(_Section):
+    """Durable queue of finished windows, kept until the broker acknowledges them."""
+
+    path: Path = Field(
+        default=Path("outbox.sqlite3"),
+        description="SQLite file. A relative path is resolved against $STATE_DIRECTORY when systemd sets it, "
+        "otherwise against the config file's directory.",
+    )
+    max_windows: int = Field(
+        default=100_000,
+        ge=10,
+        le=10_000_000,
+        description="Windows kept at most; 100000 windows of 10 s are about 11 days.",
+    )
+    when_full: Literal["drop_oldest", "drop_newest"] = Field(
+        default="drop_oldest",
+        description="drop_oldest deletes the oldest pending window to make room; drop_newest discards the new "
+        "one. Either way the drop is counted in stats and logged.",
+    )
 
 
 class AgentConfig(_Section):
@@ -110,6 +232,14 @@ class AgentConfig(_Section):
     classifier: ClassifierConfig = ClassifierConfig()
     window: WindowConfig = WindowConfig()
     mqtt: MqttConfig = MqttConfig()
+    outbox: OutboxConfig = OutboxConfig()
+    budget_mib: int = Field(
+        default=DEFAULT_BUDGET_MIB,
+        ge=32,
+        le=65536,
+        description="RAM the agent may use, in MiB. The agent rejects a start when its parts add up to more, "
+        "and the systemd unit's MemoryHigh and MemoryMax derive from it.",
+    )
 
     @field_validator("room")
     @classmethod
@@ -134,7 +264,13 @@ def format_validation_error(error: ValidationError, source: str) -> str:
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"])
         value = item.get("input")
-        shown = "(not set)" if item["type"] == "missing" else repr(value)
+        if item["type"] == "missing":
+            shown = "(not set)"
+        elif isinstance(value, dict):
+            # A check across keys of one section fails on the whole section; its message names the keys.
+            shown = "(section)"
+        else:
+            shown = repr(value)
         fix = _FIXES.get(item["type"], "")
         line = f"  {key} = {shown}: {item['msg']}"
         lines.append(f"{line}; {fix}" if fix else line)
@@ -171,7 +307,15 @@ def load_config(path: Path, overrides: dict | None = None) -> AgentConfig:
 
 
 def _resolve_paths(data: dict, base: Path) -> None:
-    for section, key in (("detector", "model"), ("classifier", "model")):
+    path_keys = (
+        ("detector", "model"),
+        ("classifier", "model"),
+        ("mqtt", "ca_file"),
+        ("mqtt", "cert_file"),
+        ("mqtt", "key_file"),
+        ("mqtt", "password_file"),
+    )
+    for section, key in path_keys:
         value = data.get(section, {}).get(key) if isinstance(data.get(section), dict) else None
         if isinstance(value, str) and value and not Path(value).is_absolute():
             data[section][key] = str(base / value)
@@ -180,6 +324,14 @@ def _resolve_paths(data: dict, base: Path) -> None:
         uri = source.get("uri")
         if isinstance(uri, str) and uri and not Path(uri).is_absolute():
             source["uri"] = str(base / uri)
+    outbox = data.setdefault("outbox", {})
+    if isinstance(outbox, dict):
+        # systemd's StateDirectory= sets STATE_DIRECTORY, the one writable place under ProtectSystem=strict.
+        state_dir = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+        outbox_base = Path(state_dir) if state_dir else base
+        value = outbox.get("path", "outbox.sqlite3")
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            outbox["path"] = str(outbox_base / value)
 
 
 def utc_now() -> datetime:

@@ -8,6 +8,8 @@ at fault and what to do about it.
 - ``ModelError``: a model file or its card is missing, corrupt, or they disagree.
 - ``SourceError``: a video, image folder or camera cannot be opened or read.
 - ``BrokerError``: the MQTT broker cannot be reached or refuses the connection.
+- ``OutboxError``: the outbox file cannot be opened or written.
+- ``BudgetError``: the configured parts need more RAM than ``budget_mib``.
 """
 
 
@@ -29,3 +31,11 @@ class SourceError(AgentError):
 
 class BrokerError(AgentError):
     """The MQTT broker is unreachable or refused the connection."""
+
+
+class OutboxError(AgentError):
+    """The outbox file cannot be opened or written."""
+
+
+class BudgetError(AgentError):
+    """The agent's parts add up to more RAM than ``budget_mib`` allows."""

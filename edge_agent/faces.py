@@ -2,9 +2,9 @@
 
 Two backends share the ``FaceDetector`` interface:
 
-- ``BlazeFaceDetector`` runs MediaPipe's BlazeFace full-range model on the tiles that
-  ``edge_agent.tiling`` plans for the frame size and ``min_face_px``, plus one
-  whole-frame pass, and merges the boxes.
+- ``BlazeFaceDetector`` runs MediaPipe's BlazeFace full-range model on the pyramid
+  levels and tiles that ``edge_agent.tiling`` plans for the frame size and
+  ``min_face_px``, and merges the boxes.
 - ``HaarDetector`` runs OpenCV's frontal-face Haar cascade. It needs no TFLite
   runtime, but finds fewer faces and, on 1920x1080 frames, takes about 2.5 times as long.
 
@@ -25,17 +25,17 @@ from typing import Protocol
 import cv2
 import numpy as np
 
-from edge_agent.blazeface import INPUT_SIZE_PX, BlazeFaceModel, InputDetections, letterbox_region
+from edge_agent.blazeface import INPUT_ALIGN_PX, INPUT_SIZE_PX, BlazeFaceModel, InputShape
 from edge_agent.config import DEFAULT_BLAZEFACE_MODEL, DEFAULT_HAAR_CASCADE, DetectorConfig
 from edge_agent.errors import ConfigError, ModelError
 from edge_agent.tiling import (
     CUT_MARGIN_MODEL_PX,
     FrameBoxes,
-    Region,
-    TilePlan,
+    Level,
+    PyramidPlan,
     mark_cut_boxes,
     merge_boxes,
-    plan_tiles,
+    plan_pyramid,
 )
 
 log = logging.getLogger(__name__)
@@ -43,19 +43,27 @@ log = logging.getLogger(__name__)
 BACKENDS = ("blazeface", "haar")
 
 # Smallest face width, in model input pixels, that BlazeFace full-range finds reliably.
-# Measured on the 14 faces of the bundled photos and 4 video frames, scaled and pasted
-# into a 192x192 input on a flat background (4 positions each, score >= 0.5): 12 px:
-# 50/56 found, 14 px: 53/56, 16 px: 55/56, 18 to 32 px: 56/56. Centred, faces of 40 to
-# 128 px were all found, and 12 of 14 at 150 px.
-BLAZEFACE_MIN_MODEL_FACE_PX = 18.0
+# On 1920x1080 composites of real faces 20 to 40 px wide (built as in tests/test_faces.py,
+# seeds 0 to 2, 315 faces), the float model run on the whole composite scaled by s found
+# 83 % of the faces at s = 0.6 (12 to 24 model px), 91 % at 0.7, 97 % at 0.8 (16 to 32
+# model px) and 99 % at 0.9, with no false box at any scale.
+BLAZEFACE_MIN_MODEL_FACE_PX = 16.0
+# Largest face width, in model input pixels, that BlazeFace full-range finds reliably.
+# Faces of the bundled photos, scaled and centred in a 192x192 input, were all found
+# from 40 to 128 px, and 12 of 14 at 150 px.
+BLAZEFACE_MAX_MODEL_FACE_PX = 128.0
+# Largest model input, in pixels, of one tile. The interpreter's memory arena grows with
+# its input: a 384x384 input added 30 MiB of RSS with the float model and 19 MiB with an
+# int8 one, a 1536x864 input 214 and 120 MiB (ai-edge-litert 2.3, x86). With 256x256
+# tiles the detector took 10 to 15 MiB less and 25 to 40 % more CPU time than with 384x384.
+MAX_INPUT_AREA_PX = 384 * 384
 # Above the finest level, boxes narrower than this fraction of BLAZEFACE_MIN_MODEL_FACE_PX
 # are dropped, because a lower level shows such a face at the minimum size or more, and
 # below the minimum the model also returns misplaced boxes. In a 1920x1080 test composite
-# a 36 px face (8 model px in an 853 px tile) gave a second box of 11 model px, shifted
-# off the face. The fraction is below 1 so that a face at the level's minimum whose box
+# a 36 px face shown at 8 model px gave a second box of 11 model px, shifted off the face. The fraction is below 1 so that a face at the level's minimum whose box
 # comes out a little small is kept.
 COARSE_LEVEL_MIN_BOX_FRACTION = 0.75
-# Tile plans are cached per frame size. A source that shows more sizes than this clears the cache.
+# Pyramid plans are cached per frame size. A source that shows more sizes than this clears the cache.
 MAX_CACHED_PLANS = 64
 # Factor by which the Haar cascade shrinks the image per scale step (OpenCV's default is 1.1).
 HAAR_SCALE_FACTOR = 1.1
@@ -131,28 +139,55 @@ def to_face_boxes(boxes: np.ndarray, scores: np.ndarray, width_px: int, height_p
     return faces
 
 
+def scale_image(bgr: np.ndarray, width_px: int, height_px: int) -> np.ndarray:
+    """Resize an image, averaging source pixels when it shrinks by more than half."""
+    source_height_px, source_width_px = bgr.shape[:2]
+    if (width_px, height_px) == (source_width_px, source_height_px):
+        return bgr
+    # Bilinear sampling reads 2x2 source pixels per output pixel, so it skips pixels and
+    # aliases small faces only below half size. Above it, INTER_AREA cost 12.5 ms against
+    # 2.5 ms for 1920x1080 to 1536x864 (OpenCV 4.14, one x86 thread), and found as many
+    # faces or more in the classroom test composites.
+    interpolation = cv2.INTER_AREA if width_px < source_width_px / 2 else cv2.INTER_LINEAR
+    return cv2.resize(bgr, (width_px, height_px), interpolation=interpolation)
+
+
 class BlazeFaceDetector:
-    """BlazeFace full-range over classroom-scale tiles plus a whole-frame pass."""
+    """BlazeFace full-range over an image pyramid of classroom-scale tiles."""
 
     def __init__(self, config: DetectorConfig, model_path: Path) -> None:
         self.config = config
         self.model = BlazeFaceModel(model_path, threads=config.threads)
-        self._plans: dict[tuple[int, int], TilePlan] = {}
+        self._plans: dict[tuple[int, int], PyramidPlan] = {}
+        self._frame_size_px: tuple[int, int] | None = None
 
-    def plan_for(self, width_px: int, height_px: int) -> TilePlan:
-        """Return the tile plan for a frame size, planning and logging it when the size is new."""
+    def plan_for(self, width_px: int, height_px: int) -> PyramidPlan:
+        """Return the pyramid plan for a frame size, planning and logging it when the size is new."""
         plan = self._plans.get((width_px, height_px))
         if plan is None:
             if len(self._plans) >= MAX_CACHED_PLANS:
                 self._plans.clear()
-            plan = plan_tiles(
-                width_px, height_px, self.config.min_face_px, BLAZEFACE_MIN_MODEL_FACE_PX, INPUT_SIZE_PX
+            # A model that cannot be resized runs on 192x192 tiles only.
+            align_px = INPUT_ALIGN_PX if self.model.resizable else INPUT_SIZE_PX
+            max_input_area_px = MAX_INPUT_AREA_PX if self.model.resizable else INPUT_SIZE_PX**2
+            plan = plan_pyramid(
+                width_px,
+                height_px,
+                self.config.min_face_px,
+                BLAZEFACE_MIN_MODEL_FACE_PX,
+                BLAZEFACE_MAX_MODEL_FACE_PX,
+                max_input_area_px,
+                align_px,
             )
             self._plans[(width_px, height_px)] = plan
+            levels = ", ".join(
+                f"{len(level.tiles)}x {level.tile_width_px}x{level.tile_height_px}" for level in plan.levels
+            )
             log.info(
-                "Face detection on %dx%d frames with min_face_px %d: %d tiles (tile sizes %s px) "
-                "plus one whole-frame pass",
-                width_px, height_px, self.config.min_face_px, plan.tile_count, list(plan.tile_sizes_px),
+                "Face detection on %dx%d frames with min_face_px %d: %d levels, %d tiles (%s), "
+                "%.1f model inputs of 192x192",
+                width_px, height_px, self.config.min_face_px, len(plan.levels), plan.tile_count, levels,
+                plan.input_area_px / INPUT_SIZE_PX**2,
             )
         return plan
 
@@ -163,41 +198,57 @@ class BlazeFaceDetector:
             return []
         height_px, width_px = bgr.shape[:2]
         plan = self.plan_for(width_px, height_px)
+        if self._frame_size_px != (width_px, height_px):
+            # Interpreters of other frame sizes would keep their arenas, tens of MiB each,
+            # for example after the agent's start-up run on a frame of the largest size.
+            shapes = {InputShape(level.tile_height_px, level.tile_width_px) for level in plan.levels}
+            self.model.release_interpreters(keep=shapes)
+            self._frame_size_px = (width_px, height_px)
 
-        # Regions run one batch at a time: the inputs of all tiles of a 1920x1080 frame
-        # together would take about 40 MB of float32.
         parts: list[FrameBoxes] = []
-        for start in range(0, len(plan.regions), self.model.max_batch):
-            parts += self._detect_regions(bgr, plan.regions[start : start + self.model.max_batch])
+        # Each level is scaled from the one before it, which is cheaper than from the frame.
+        level_bgr = bgr
+        for level in plan.levels:
+            level_bgr = scale_image(level_bgr, level.width_px, level.height_px)
+            parts += self._detect_level(level_bgr, level, width_px, height_px)
         candidates = FrameBoxes.concatenate(parts)
         kept_indices = merge_boxes(candidates, self.config.nms_iou)
         boxes, scores = candidates.boxes[kept_indices], candidates.scores[kept_indices]
         return to_face_boxes(boxes, scores, width_px, height_px)
 
-    def _detect_regions(self, bgr: np.ndarray, regions: tuple[Region, ...]) -> list[FrameBoxes]:
-        """Run the model on a batch of frame regions and return each region's boxes in frame pixels."""
-        inputs = np.empty((len(regions), INPUT_SIZE_PX, INPUT_SIZE_PX, 3), dtype=np.float32)
-        placements = []
-        for index, region in enumerate(regions):
-            rows = slice(region.y_px, region.y_px + region.height_px)
-            columns = slice(region.x_px, region.x_px + region.width_px)
-            inputs[index], placement = letterbox_region(bgr[rows, columns])
-            placements.append(placement)
-        detections = self.model.detect(inputs, self.config.score_threshold)
+    def _prepare_level(self, level_bgr: np.ndarray, level: Level) -> np.ndarray:
+        """Pad the level's image black to hold every tile and convert it to model input."""
+        canvas = level_bgr
+        if (level.canvas_width_px, level.canvas_height_px) != (level.width_px, level.height_px):
+            canvas = np.zeros((level.canvas_height_px, level.canvas_width_px, 3), dtype=np.uint8)
+            canvas[: level.height_px, : level.width_px] = level_bgr
+        return self.model.prepare(cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB))
 
-        height_px, width_px = bgr.shape[:2]
+    def _detect_level(
+        self, level_bgr: np.ndarray, level: Level, width_px: int, height_px: int
+    ) -> list[FrameBoxes]:
+        """Run the model on every tile of a level and return each tile's boxes in frame pixels."""
+        model_input = self._prepare_level(level_bgr, level)
+        # The level's size is rounded up, so its scale differs slightly between the axes.
+        scale_x, scale_y = level.width_px / width_px, level.height_px / height_px
+        min_box_model_px = COARSE_LEVEL_MIN_BOX_FRACTION * BLAZEFACE_MIN_MODEL_FACE_PX
+
         parts = []
-        for region, placement, found in zip(regions, placements, detections, strict=True):
-            if region.level > 0:
-                min_box_model_px = COARSE_LEVEL_MIN_BOX_FRACTION * BLAZEFACE_MIN_MODEL_FACE_PX
-                wide_enough = found.boxes[:, 2] - found.boxes[:, 0] >= min_box_model_px
-                found = InputDetections(boxes=found.boxes[wide_enough], scores=found.scores[wide_enough])
-            boxes = found.boxes.astype(np.float64)
-            boxes[:, [0, 2]] = (boxes[:, [0, 2]] - placement.pad_x_px) / placement.scale_x + region.x_px
-            boxes[:, [1, 3]] = (boxes[:, [1, 3]] - placement.pad_y_px) / placement.scale_y + region.y_px
-            margin_px = CUT_MARGIN_MODEL_PX / placement.scale_x
-            cut = mark_cut_boxes(boxes, region, width_px, height_px, margin_px)
-            parts.append(FrameBoxes(boxes=boxes, scores=found.scores, cut=cut))
+        for tile in level.tiles:
+            tile_input = model_input[
+                tile.y_px : tile.y_px + level.tile_height_px, tile.x_px : tile.x_px + level.tile_width_px
+            ]
+            found = self.model.detect(np.ascontiguousarray(tile_input), self.config.score_threshold)
+            boxes, scores = found.boxes.astype(np.float64), found.scores
+            if level.index > 0:
+                wide_enough = boxes[:, 2] - boxes[:, 0] >= min_box_model_px
+                boxes, scores = boxes[wide_enough], scores[wide_enough]
+            boxes[:, [0, 2]] += tile.x_px
+            boxes[:, [1, 3]] += tile.y_px
+            cut = mark_cut_boxes(boxes, level, tile, CUT_MARGIN_MODEL_PX)
+            boxes[:, [0, 2]] /= scale_x
+            boxes[:, [1, 3]] /= scale_y
+            parts.append(FrameBoxes(boxes=boxes, scores=scores, cut=cut))
         return parts
 
 

@@ -115,6 +115,41 @@ class Agreement(_Record):
     mean_abs_probability_diff: float = Field(ge=0, le=1)
 
 
+class ClassMetrics(_Record):
+    """Recall and F1 of one class on the evaluation split."""
+
+    label: str = Field(min_length=1)
+    images: int = Field(ge=0, description="Images of this class in the evaluation split.")
+    float_recall: float = Field(ge=0, le=1)
+    int8_recall: float = Field(ge=0, le=1)
+    int8_f1: float = Field(ge=0, le=1)
+
+
+class Evaluation(_Record):
+    """Accuracy of the float model and of the int8 file on a labelled test split, written by the trainer."""
+
+    dataset: str = Field(min_length=1, description="Dataset file or folder, as given to the trainer.")
+    split: str = Field(min_length=1, description="Split the numbers are measured on.")
+    images: int = Field(ge=1)
+    float_accuracy: float = Field(ge=0, le=1)
+    int8_accuracy: float = Field(ge=0, le=1, description="The .tflite file run by the agent's interpreter.")
+    int8_simulated_accuracy: float = Field(
+        ge=0, le=1, description="The quantized PyTorch graph the file was converted from, run by PyTorch."
+    )
+    accuracy_drop_points: float = Field(description="(float - int8 accuracy) x 100.")
+    max_drop_points: float = Field(description="Largest drop, in points, the export accepted.")
+    float_macro_f1: float = Field(ge=0, le=1)
+    int8_macro_f1: float = Field(ge=0, le=1)
+    per_class: tuple[ClassMetrics, ...] = Field(min_length=1)
+    parameters: int = Field(ge=1, description="Parameters of the float model.")
+    file_size_bytes: int = Field(ge=1)
+    latency_ms_per_image: float = Field(
+        gt=0, description="Median time of one invoke with batch 1 and 1 thread, on the exporting machine."
+    )
+    latency_machine: str = Field(min_length=1, description="Machine and interpreter of the latency.")
+    calibration_images: int = Field(ge=1, description="Training images the activation ranges were calibrated on.")
+
+
 class ModelCard(_Record):
     """Machine-readable card of one emotion model file."""
 
@@ -137,6 +172,9 @@ class ModelCard(_Record):
     source_agreement: Agreement | None = Field(
         default=None, description="Float model against the original weights' own runtime, when one exists."
     )
+    evaluation: Evaluation | None = Field(
+        default=None, description="Accuracy on a labelled test split; absent for models exported without one."
+    )
 
     @field_validator("labels")
     @classmethod
@@ -155,8 +193,15 @@ class ModelCard(_Record):
         return self
 
     def to_json(self) -> str:
-        """Serialize as indented JSON with fields in declaration order, so reruns diff cleanly."""
-        return json.dumps(self.model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n"
+        """Serialize as indented JSON with fields in declaration order, so reruns diff cleanly.
+
+        An absent ``evaluation`` is left out rather than written as null, so cards of models
+        exported without a test split stay byte-identical to those written before the field existed.
+        """
+        data = self.model_dump(mode="json")
+        if data.get("evaluation") is None:
+            data.pop("evaluation", None)
+        return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
 def card_path_for(model_path: Path) -> Path:

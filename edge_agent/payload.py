@@ -38,6 +38,9 @@ DEFAULT_TOPIC_PREFIX = "classroom"
 DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 LABEL_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 MAX_PAYLOAD_BYTES = 16 * 1024
+# The agent's window length is bounded to 1 s .. 1 h in its config.
+MIN_WINDOW_S = 1.0
+MAX_WINDOW_S = 3600.0
 
 
 class PayloadError(ValueError):
@@ -92,6 +95,9 @@ class WindowReport(BaseModel):
     def _check_consistency(self) -> WindowReport:
         if self.window_end <= self.window_start:
             raise ValueError(f"window_end {self.window_end} is not after window_start {self.window_start}")
+        length_s = (self.window_end - self.window_start).total_seconds()
+        if not MIN_WINDOW_S <= length_s <= MAX_WINDOW_S:
+            raise ValueError(f"window is {length_s:g} s long; windows must last {MIN_WINDOW_S:g} to {MAX_WINDOW_S:g} s")
         if self.suppressed and self.counts is not None:
             raise ValueError("a suppressed window must have counts = null")
         if not self.suppressed:
@@ -159,5 +165,19 @@ def window_subscription(prefix: str) -> str:
 
 
 def json_schema() -> dict:
-    """Return the JSON Schema of the payload, for documentation and for other consumers."""
-    return WindowReport.model_json_schema()
+    """Return the JSON Schema of the payload, for documentation and for other consumers.
+
+    The schema covers the fields and their bounds. The rules that relate fields to each
+    other are in its description, because JSON Schema cannot express them all.
+    """
+    schema = WindowReport.model_json_schema()
+    # The model gives schema_version a default for the agent's convenience, but a payload
+    # without it is rejected by ``parse_window``.
+    schema["required"] = ["schema_version", *schema.get("required", [])]
+    schema["description"] = (
+        "Aggregate emotion counts of one device over one time window. Also enforced: "
+        "window_end is after window_start and the window lasts 1 to 3600 s; "
+        "counts is null exactly when suppressed is true; otherwise its values are "
+        "non-negative, its keys match ^[a-z][a-z0-9_]{0,31}$, and they sum to faces_seen."
+    )
+    return schema

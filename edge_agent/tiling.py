@@ -1,18 +1,20 @@
-"""Tiling of large frames for a detector with a small fixed input, and merging of the boxes.
+"""Image pyramid and tiling for a detector that finds faces only within a band of sizes.
 
 A classroom camera frame of 1920x1080 squeezed into BlazeFace's 192x192 input shrinks a
-30 px face to 3 px, far below what the model finds. ``plan_tiles`` therefore cuts the
-frame into overlapping square tiles in levels. The first level's tiles are small enough
-that a face of ``min_face_px`` reaches the model's minimum face size. Each further level
-doubles the tile and the face size it is responsible for. The levels stop where the
-whole frame, letterboxed into one input, already shows the faces of the next level at
-the minimum size; that whole-frame pass is always run and finds the largest faces.
+30 px face to 3 px, far below what the model finds. ``plan_pyramid`` therefore scales
+the frame in levels. The first level scales it so that a face of ``min_face_px`` reaches
+the model's minimum face size. Each further level shrinks the frame by
+``LEVEL_FACE_RATIO``, so it shows the faces that were too large for the level before at
+the minimum size again. The levels stop at the first one that fits into one model input
+and on which a face as tall as the frame is no larger than the largest face the model
+finds.
 
-Within a level, neighbouring tiles overlap by the largest face of that level, so every
-such face lies wholly inside at least one tile. Faces cut by a tile edge still produce
-partial boxes in the other tiles; ``merge_boxes`` ranks boxes that touch an inner tile
-edge after whole ones, then removes boxes that overlap (IoU) or are mostly contained in
-a box ranked before them.
+A level larger than ``max_input_area_px`` is cut into tiles of one shape, so that one
+interpreter with a bounded memory arena serves the whole level. Neighbouring tiles
+overlap by the largest face of that level, so every such face lies wholly inside at
+least one tile. Faces cut by a tile edge still produce partial boxes in the other tiles.
+``merge_boxes`` ranks boxes that touch an inner tile edge after whole ones, then removes
+boxes that overlap (IoU) or are mostly contained in a box ranked before them.
 """
 
 from __future__ import annotations
@@ -22,55 +24,85 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Each level covers faces from its minimum up to twice that size. The tile count of a
-# level falls with the square of its stride (tile minus overlap). BlazeFace's first tiles
-# are 10.7 times the minimum face (192 / 18 px). For that case, an estimate that ignores
-# rounding gives 8 % more model runs over all levels for a ratio of 3 than for 2, and
-# 21 % more for a ratio of 1.5.
-LEVEL_FACE_RATIO = 2.0
+# Each level covers faces from the model's minimum face size up to this many times that
+# size. The model finds faces of up to about 128 px, 8 times its 16 px minimum, in a
+# 192 px input, so 4 leaves a margin. A larger ratio means fewer, cheaper coarse levels
+# but a wider tile overlap at each level.
+LEVEL_FACE_RATIO = 4.0
 # Boxes that pass within this many model input pixels of an inner tile edge count as cut.
 CUT_MARGIN_MODEL_PX = 2.0
 # A box whose area lies at least this fraction inside a box ranked before it is a duplicate:
 # the partial box of a face cut at a tile edge, or a box at another level's scale.
 CONTAINMENT_THRESHOLD = 0.6
+# Upper bound of columns (and of rows) that the tile search tries per level.
+MAX_TILES_PER_AXIS = 64
 
 
 @dataclass(frozen=True, slots=True)
-class Region:
-    """Rectangle of a frame in pixels that is letterboxed into one model input.
-
-    ``level`` is 0 for the finest tiles and counts up to the whole-frame pass, so a face
-    smaller than a level's minimum is shown at the model's minimum size at a lower level.
-    """
+class Tile:
+    """Top-left corner of one model input inside its level's image, in level pixels."""
 
     x_px: int
     y_px: int
-    width_px: int
-    height_px: int
-    level: int
 
 
 @dataclass(frozen=True, slots=True)
-class TilePlan:
-    """Regions that the detector runs on for one frame size: all tiles, then the whole frame."""
+class Level:
+    """The frame scaled for one band of face sizes, and the tiles that the detector runs on.
+
+    ``width_px`` and ``height_px`` are the scaled frame. Every tile has the input shape
+    ``tile_width_px`` by ``tile_height_px``, which may exceed the scaled frame: the part
+    outside it is padded black. ``index`` is 0 for the finest level.
+    """
+
+    index: int
+    width_px: int
+    height_px: int
+    tile_width_px: int
+    tile_height_px: int
+    tiles: tuple[Tile, ...]
+
+    @property
+    def canvas_width_px(self) -> int:
+        """Width of the padded image that contains every tile."""
+        return max(self.width_px, max(tile.x_px for tile in self.tiles) + self.tile_width_px)
+
+    @property
+    def canvas_height_px(self) -> int:
+        """Height of the padded image that contains every tile."""
+        return max(self.height_px, max(tile.y_px for tile in self.tiles) + self.tile_height_px)
+
+    @property
+    def input_area_px(self) -> int:
+        """Model input pixels that the level costs: tiles times tile area."""
+        return len(self.tiles) * self.tile_width_px * self.tile_height_px
+
+
+@dataclass(frozen=True, slots=True)
+class PyramidPlan:
+    """Levels that the detector runs on for one frame size, finest first."""
 
     frame_width_px: int
     frame_height_px: int
-    tile_sizes_px: tuple[int, ...]
-    regions: tuple[Region, ...]
+    levels: tuple[Level, ...]
 
     @property
     def tile_count(self) -> int:
-        """Number of tiles, not counting the whole-frame pass."""
-        return len(self.regions) - 1
+        """Number of model runs per frame over all levels."""
+        return sum(len(level.tiles) for level in self.levels)
+
+    @property
+    def input_area_px(self) -> int:
+        """Model input pixels per frame over all levels, the main cost of detection."""
+        return sum(level.input_area_px for level in self.levels)
 
 
 @dataclass(frozen=True, slots=True)
 class FrameBoxes:
-    """Candidate boxes in frame pixels from all regions of one frame.
+    """Candidate boxes in frame pixels from all tiles of one frame.
 
     ``boxes`` has shape (N, 4) as x_min, y_min, x_max, y_max; ``scores`` (N,) is in [0, 1];
-    ``cut`` (N,) is true for boxes that touch an edge of their tile inside the frame.
+    ``cut`` (N,) is true for boxes that touch an edge of their tile inside the level's image.
     """
 
     boxes: np.ndarray
@@ -79,7 +111,7 @@ class FrameBoxes:
 
     @classmethod
     def concatenate(cls, parts: list[FrameBoxes]) -> FrameBoxes:
-        """Join the boxes of several regions into one set."""
+        """Join the boxes of several tiles into one set."""
         if not parts:
             return cls(boxes=np.zeros((0, 4)), scores=np.zeros(0), cut=np.zeros(0, dtype=bool))
         return cls(
@@ -89,72 +121,114 @@ class FrameBoxes:
         )
 
 
-def tile_starts(length_px: int, tile_px: int, overlap_px: int) -> list[int]:
-    """Return tile start positions along one axis, evenly spread, overlapping by at least ``overlap_px``."""
-    if tile_px >= length_px:
+def aligned(length_px: float, align_px: int) -> int:
+    """Round a length up to a positive multiple of ``align_px``."""
+    return max(align_px, math.ceil(length_px / align_px) * align_px)
+
+
+def tile_starts(length_px: int, tile_px: int, count: int) -> list[int]:
+    """Return ``count`` tile start positions along one axis, evenly spread from 0 to the far edge."""
+    if count == 1 or tile_px >= length_px:
         return [0]
-    stride_px = tile_px - overlap_px
-    count = math.ceil((length_px - tile_px) / stride_px) + 1
     return [round(index * (length_px - tile_px) / (count - 1)) for index in range(count)]
 
 
-def plan_tiles(
+def tile_side_px(length_px: int, count: int, overlap_px: int, align_px: int) -> int:
+    """Return the smallest aligned tile side whose ``count`` tiles cover a length with the overlap."""
+    return aligned((length_px + (count - 1) * overlap_px) / count, align_px)
+
+
+def choose_tiles(
+    width_px: int, height_px: int, overlap_px: int, max_input_area_px: int, align_px: int
+) -> tuple[int, int, int, int]:
+    """Return columns, rows, tile width and tile height that cover an image with the least input area.
+
+    Each tile has at most ``max_input_area_px`` pixels, and its sides are multiples of
+    ``align_px`` and longer than the overlap.
+    """
+    best: tuple[int, int, int, int] | None = None
+    best_area_px = math.inf
+    for columns in range(1, MAX_TILES_PER_AXIS + 1):
+        tile_width_px = tile_side_px(width_px, columns, overlap_px, align_px)
+        if columns > 1 and tile_width_px <= overlap_px:
+            break
+        for rows in range(1, MAX_TILES_PER_AXIS + 1):
+            tile_height_px = tile_side_px(height_px, rows, overlap_px, align_px)
+            if rows > 1 and tile_height_px <= overlap_px:
+                break
+            if tile_width_px * tile_height_px <= max_input_area_px:
+                area_px = columns * rows * tile_width_px * tile_height_px
+                if area_px < best_area_px:
+                    best, best_area_px = (columns, rows, tile_width_px, tile_height_px), area_px
+                # More rows of the same columns only add overlap.
+                break
+    if best is None:
+        raise ValueError(
+            f"no tiling of a {width_px}x{height_px} image with {overlap_px} px overlap fits tiles of "
+            f"{max_input_area_px} px: raise the maximum input area"
+        )
+    return best
+
+
+def plan_pyramid(
     frame_width_px: int,
     frame_height_px: int,
     min_face_px: float,
     min_model_face_px: float,
-    input_size_px: int,
-) -> TilePlan:
-    """Plan the tiles that let a detector of the given input size find faces of ``min_face_px`` and up.
+    max_model_face_px: float,
+    max_input_area_px: int,
+    align_px: int,
+) -> PyramidPlan:
+    """Plan the levels and tiles that let a detector find faces of ``min_face_px`` and up.
 
-    ``min_model_face_px`` is the smallest face width, in model input pixels, that the
-    detector finds reliably. A frame whose whole-frame pass already shows a face of
-    ``min_face_px`` at that width gets no tiles.
+    ``min_model_face_px`` and ``max_model_face_px`` bound the face widths, in model input
+    pixels, that the detector finds reliably. Tile sides are multiples of ``align_px``
+    and tile areas at most ``max_input_area_px``, except on the last level, which is one
+    tile of the whole scaled frame.
     """
-    longest_side_px = max(frame_width_px, frame_height_px)
-    regions: list[Region] = []
-    tile_sizes_px: list[int] = []
-    level_face_px = float(min_face_px)
+    levels: list[Level] = []
+    scale = min_model_face_px / min_face_px
     while True:
-        # Rounding the tile down keeps a face of level_face_px at min_model_face_px or more.
-        tile_px = math.floor(level_face_px * input_size_px / min_model_face_px)
-        if tile_px >= longest_side_px:
+        # Rounding up keeps every face at least as large as the level's scale makes it.
+        width_px = math.ceil(frame_width_px * scale - 1e-9)
+        height_px = math.ceil(frame_height_px * scale - 1e-9)
+        tile_width_px, tile_height_px = aligned(width_px, align_px), aligned(height_px, align_px)
+        fits_one_tile = tile_width_px * tile_height_px <= max_input_area_px
+        # The last level must show a face as tall as the frame no larger than the model finds.
+        if fits_one_tile and min(width_px, height_px) <= max_model_face_px:
+            tiles: tuple[Tile, ...] = (Tile(0, 0),)
+            levels.append(Level(len(levels), width_px, height_px, tile_width_px, tile_height_px, tiles))
             break
-        overlap_px = math.ceil(level_face_px * LEVEL_FACE_RATIO)
-        if tile_px <= overlap_px:
-            raise ValueError(
-                f"min_model_face_px {min_model_face_px} is too large for a {input_size_px} px input: "
-                f"tiles of {tile_px} px cannot overlap by {overlap_px} px; use a smaller value"
-            )
-        for y_px in tile_starts(frame_height_px, tile_px, overlap_px):
-            for x_px in tile_starts(frame_width_px, tile_px, overlap_px):
-                width_px = min(tile_px, frame_width_px)
-                height_px = min(tile_px, frame_height_px)
-                regions.append(Region(x_px, y_px, width_px, height_px, level=len(tile_sizes_px)))
-        tile_sizes_px.append(tile_px)
-        level_face_px *= LEVEL_FACE_RATIO
-    regions.append(Region(0, 0, frame_width_px, frame_height_px, level=len(tile_sizes_px)))
-    return TilePlan(frame_width_px, frame_height_px, tuple(tile_sizes_px), tuple(regions))
+        overlap_px = math.ceil(min_model_face_px * LEVEL_FACE_RATIO)
+        columns, rows, tile_width_px, tile_height_px = choose_tiles(
+            width_px, height_px, overlap_px, max_input_area_px, align_px
+        )
+        tiles = tuple(
+            Tile(x_px, y_px)
+            for y_px in tile_starts(height_px, tile_height_px, rows)
+            for x_px in tile_starts(width_px, tile_width_px, columns)
+        )
+        levels.append(Level(len(levels), width_px, height_px, tile_width_px, tile_height_px, tiles))
+        scale /= LEVEL_FACE_RATIO
+    return PyramidPlan(frame_width_px, frame_height_px, tuple(levels))
 
 
-def mark_cut_boxes(
-    boxes: np.ndarray, region: Region, frame_width_px: int, frame_height_px: int, margin_px: float
-) -> np.ndarray:
-    """Return a flag per box that is true where the box reaches an edge of ``region`` inside the frame.
+def mark_cut_boxes(boxes: np.ndarray, level: Level, tile: Tile, margin_px: float) -> np.ndarray:
+    """Return a flag per box, in level pixels, that is true where the box reaches an inner edge of its tile.
 
-    An edge on the frame border does not count: a face there is cut by the frame itself,
-    and no other tile shows more of it.
+    An edge on the border of the level's image does not count: a face there is cut by the
+    frame itself, and no other tile shows more of it.
     """
-    right_px = region.x_px + region.width_px
-    bottom_px = region.y_px + region.height_px
+    right_px = tile.x_px + level.tile_width_px
+    bottom_px = tile.y_px + level.tile_height_px
     cut = np.zeros(len(boxes), dtype=bool)
-    if region.x_px > 0:
-        cut |= boxes[:, 0] <= region.x_px + margin_px
-    if region.y_px > 0:
-        cut |= boxes[:, 1] <= region.y_px + margin_px
-    if right_px < frame_width_px:
+    if tile.x_px > 0:
+        cut |= boxes[:, 0] <= tile.x_px + margin_px
+    if tile.y_px > 0:
+        cut |= boxes[:, 1] <= tile.y_px + margin_px
+    if right_px < level.width_px:
         cut |= boxes[:, 2] >= right_px - margin_px
-    if bottom_px < frame_height_px:
+    if bottom_px < level.height_px:
         cut |= boxes[:, 3] >= bottom_px - margin_px
     return cut
 

@@ -66,6 +66,16 @@ class WindowAggregator:
             window.counts[index] += 1
         return finished
 
+    def close_before(self, timestamp: datetime) -> list[WindowReport]:
+        """Close the open window if it ended at or before ``timestamp``, without adding a frame.
+
+        While counting is paused no frame is added, and this keeps a window from staying
+        open for the whole pause.
+        """
+        if self._open is None or timestamp < self._open.end:
+            return []
+        return self.flush()
+
     def flush(self) -> list[WindowReport]:
         """Close the open window, for example at the end of a video or at shutdown."""
         if self._open is None:

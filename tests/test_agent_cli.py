@@ -18,7 +18,8 @@ VIDEO = MEDIA_DIR / "single_face.mp4"
 def write_config(tmp_path: Path, port: int, extra: str = "") -> Path:
     config = tmp_path / "agent.toml"
     config.write_text(
-        'device_id = "pi-test"\nroom = "101"\n'
+        # The agent runs inside pytest here, whose imports count as the agent's runtime part.
+        'device_id = "pi-test"\nroom = "101"\nbudget_mib = 2048\n'
         f'[source]\nkind = "video"\nuri = "{VIDEO}"\nsample_fps = 5.0\n'
         f"[window]\nmin_faces = 1\n"
         f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nconnect_timeout_s = 3.0\n' + extra
@@ -82,11 +83,44 @@ def test_unknown_detector(tmp_path, capsys):
     assert "detector.backend = 'yolo'" in capsys.readouterr().err
 
 
-def test_broker_unreachable(tmp_path, capsys):
-    assert run_agent(write_config(tmp_path, free_port())) == 1
+def test_broker_unreachable_keeps_windows(tmp_path, capsys, caplog):
+    config = write_config(tmp_path, free_port(), "publish_timeout_s = 0.5\n")
+    with caplog.at_level("WARNING"):
+        assert run_agent(config) == 1
     err = capsys.readouterr().err
-    assert "Cannot connect to the MQTT broker at 127.0.0.1:" in err
-    assert "Check that the broker runs" in err
+    assert "1 window(s) were not acknowledged by the broker and stay in the outbox" in err
+    assert "outbox.sqlite3" in err
+    assert "was not reachable during the run. Check that it runs" in err
+    assert "is unreachable" in caplog.text
+
+
+def test_pending_windows_sent_next_run(tmp_path, mqtt_broker, capsys):
+    port = mqtt_broker.port
+    assert run_agent(write_config(tmp_path, free_port(), "publish_timeout_s = 0.5\n")) == 1
+    summary_path = tmp_path / "summary.json"
+    assert run_agent(write_config(tmp_path, port), "--summary-json", str(summary_path)) == 0
+    summary = json.loads(summary_path.read_text())
+    # The replay adds one window; the one left by the first run goes out with it.
+    assert summary["windows_acknowledged"] == 2
+    assert summary["windows_pending"] == 0
+
+
+def test_budget_too_small(tmp_path, capsys):
+    config = write_config(tmp_path, free_port())
+    text = config.read_text().replace("budget_mib = 2048", "budget_mib = 100")
+    config.write_text(text.replace("sample_fps = 5.0\n", "sample_fps = 5.0\nwidth = 7680\nheight = 4320\n"))
+    assert run_agent(config) == 1
+    err = capsys.readouterr().err
+    assert "budget_mib is 100" in err
+    assert "The largest part is frame buffers" in err
+
+
+def test_wrong_mqtt_password(tmp_path, capsys):
+    password_file = tmp_path / "password"
+    password_file.write_text("")
+    config = write_config(tmp_path, free_port(), f'username = "pi"\npassword_file = "{password_file}"\n')
+    assert run_agent(config) == 2
+    assert "is empty: write the password on its first line" in capsys.readouterr().err
 
 
 def test_start_without_offset(tmp_path, capsys):

@@ -77,7 +77,7 @@ def postgres_url() -> Iterator[str]:
 def store(postgres_url: str) -> Iterator[Store]:
     opened = Store.open(postgres_url)
     with opened.engine.begin() as connection:
-        connection.execute(text("TRUNCATE windows, lectures RESTART IDENTITY"))
+        connection.execute(text("TRUNCATE windows, lectures, devices RESTART IDENTITY"))
     yield opened
     opened.close()
 
@@ -86,7 +86,7 @@ def test_postgres_models_match_migration(store: Store) -> None:
     with store.engine.connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
 
-    assert store.schema_revision() == "0001"
+    assert store.schema_revision() == "0002"
     assert differences == []
 
 
@@ -137,3 +137,40 @@ def test_postgres_ingest_and_report(mqtt_broker: Broker, store: Store) -> None:
 
     assert report.lecture == lecture
     assert_known_report(report)
+
+
+def test_postgres_two_workers_shared(mqtt_broker: Broker, store: Store, postgres_url: str) -> None:
+    start = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+    windows = [
+        make_window(f"cam-{index % 4}", start + timedelta(seconds=10 * (index // 4)), {"happy": index % 5 + 1})
+        for index in range(400)
+    ]
+    second_store = Store.open(postgres_url)
+    first = ingest_settings(mqtt_broker, client_id="aggregator-a", share_group="pool", batch_max_rows=50)
+    second = ingest_settings(mqtt_broker, client_id="aggregator-b", share_group="pool", batch_max_rows=50)
+    try:
+        with running_ingest(store, first) as worker_a, running_ingest(second_store, second) as worker_b:
+            with publisher(mqtt_broker) as client:
+                for window in windows:
+                    client.publish_window(window)
+                # Half of them again: duplicates may reach either worker.
+                for window in windows[::2]:
+                    client.publish_window(window)
+            total = len(windows) + len(windows[::2])
+            wait_until(
+                lambda: sum(w.stats().stored + w.stats().duplicates for w in (worker_a, worker_b)) == total,
+                "all windows processed by the two workers",
+            )
+            stats_a = worker_a.stop()
+            stats_b = worker_b.stop()
+    finally:
+        second_store.close()
+
+    assert stats_a.stored > 0
+    assert stats_b.stored > 0
+    assert stats_a.stored + stats_b.stored == len(windows)
+    assert stats_a.duplicates + stats_b.duplicates == len(windows[::2])
+    assert store.count_windows() == len(windows)
+    with store.engine.connect() as connection:
+        devices = connection.execute(text("SELECT count(*) FROM devices")).scalar_one()
+    assert devices == 4

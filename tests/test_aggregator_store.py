@@ -30,7 +30,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
 def test_migration_creates_schema(store: Store) -> None:
     inspector = inspect(store.engine)
 
-    assert store.schema_revision() == "0001"
+    assert store.schema_revision() == "0002"
     assert {"windows", "lectures", "alembic_version"} <= set(inspector.get_table_names())
     window_columns = {column["name"] for column in inspector.get_columns("windows")}
     assert window_columns == {
@@ -50,6 +50,11 @@ def test_migration_creates_schema(store: Store) -> None:
     assert indexes["ix_windows_room_window_start"] == ["room", "window_start"]
     unique = {tuple(constraint["column_names"]) for constraint in inspector.get_unique_constraints("windows")}
     assert ("device_id", "window_start") in unique
+    assert indexes["ix_windows_window_start"] == ["window_start"]
+    lecture_indexes = {index["name"]: index["column_names"] for index in inspector.get_indexes("lectures")}
+    assert lecture_indexes["ix_lectures_course_start"] == ["course", "start"]
+    device_columns = {column["name"] for column in inspector.get_columns("devices")}
+    assert {"device_id", "last_seen", "status", "stats_json"} <= device_columns
 
 
 def test_models_match_migration(store: Store) -> None:
@@ -77,7 +82,7 @@ def test_reopen_keeps_rows_and_revision(tmp_path: Path) -> None:
         first.insert_windows([received(make_window("cam-1", START, {"happy": 1}))])
 
     with Store.open(url) as second:
-        assert second.schema_revision() == "0001"
+        assert second.schema_revision() == "0002"
         assert second.count_windows() == 1
 
 
@@ -91,7 +96,7 @@ def test_concurrent_open_migrates_once(tmp_path: Path) -> None:
     with ThreadPoolExecutor(max_workers=4) as pool:
         revisions = list(pool.map(open_and_count, range(4)))
 
-    assert revisions == ["0001"] * 4
+    assert revisions == ["0002"] * 4
 
 
 def test_insert_windows_skips_duplicates(store: Store) -> None:

@@ -46,6 +46,22 @@ def test_camera_uri_is_not_a_path(tmp_path):
         ('room = "101"\n', ["device_id = (not set)", "add it"]),
         (MINIMAL.replace("pi-101", "pi/101"), ["device_id = 'pi/101'"]),
         (MINIMAL + '[source]\nstart = "2026-03-02T08:00:00"\n', ["source.start", "add a UTC offset"]),
+        (MINIMAL + "budget_mib = 16\n", ["budget_mib = 16", "greater than or equal to 32"]),
+        (MINIMAL + '[outbox]\nwhen_full = "block"\n', ["outbox.when_full = 'block'", "'drop_oldest' or 'drop_newest'"]),
+        (MINIMAL + "[outbox]\nmax_windows = 1\n", ["outbox.max_windows = 1", "greater than or equal to 10"]),
+        (MINIMAL + "[mqtt]\nmax_inflight = 0\n", ["mqtt.max_inflight = 0"]),
+        (MINIMAL + "[mqtt]\nstats_interval_s = 0\n", ["mqtt.stats_interval_s = 0"]),
+        (MINIMAL + '[mqtt]\npassword_env = "MQTT_PASSWORD"\n', ["mqtt = (section)", "a password needs a username"]),
+        (
+            MINIMAL + '[mqtt]\nusername = "u"\npassword_env = "A"\npassword_file = "p"\n',
+            ["set password_file or password_env, not both"],
+        ),
+        (MINIMAL + '[mqtt]\ncert_file = "c.pem"\n', ["cert_file and key_file go together"]),
+        (MINIMAL + '[mqtt]\npassword_env = "1BAD"\nusername = "u"\n', ["mqtt.password_env = '1BAD'"]),
+        (MINIMAL + '[source]\nkind = "video"\nuri = "a.mp4"\non_loss = "reconnect"\n', ["applies to live sources only"]),
+        (MINIMAL + "[source]\nreconnect_min_s = 10\nreconnect_max_s = 5\n", ["reconnect_max_s (5.0) is below"]),
+        (MINIMAL + '[source]\npixel_format = "YUV420"\n', ["source.pixel_format = 'YUV420'"]),
+        (MINIMAL + '[source]\non_loss = "retry"\n', ["source.on_loss = 'retry'"]),
     ],
 )
 def test_invalid_setting_names_key_value_and_fix(tmp_path, text, expected):
@@ -73,3 +89,70 @@ def test_check_config_exit_codes(tmp_path, capsys):
     assert "valid" in capsys.readouterr().out
     assert main(["check-config", str(write(tmp_path, MINIMAL + "[mqtt]\nport = 0\n"))]) == 2
     assert "mqtt.port = 0" in capsys.readouterr().err
+
+
+def test_outbox_path_follows_state_directory(tmp_path, monkeypatch):
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "state"))
+    config = load_config(write(tmp_path, MINIMAL))
+    assert config.outbox.path == tmp_path / "state" / "outbox.sqlite3"
+
+
+def test_outbox_path_follows_config_file(tmp_path, monkeypatch):
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    config = load_config(write(tmp_path, MINIMAL + '[outbox]\npath = "q/o.db"\n'))
+    assert config.outbox.path == tmp_path / "q" / "o.db"
+
+
+def test_loss_policy_defaults_by_kind(tmp_path):
+    camera = load_config(write(tmp_path, MINIMAL + '[source]\nkind = "camera"\n'))
+    video = load_config(write(tmp_path, MINIMAL + '[source]\nkind = "video"\nuri = "a.mp4"\n'))
+    assert camera.source.loss_policy == "reconnect"
+    assert video.source.loss_policy == "stop"
+
+
+def test_check_config_missing_tls_file(tmp_path, capsys):
+    text = MINIMAL + '[mqtt]\nca_file = "absent-ca.pem"\n'
+    assert main(["check-config", str(write(tmp_path, text))]) == 2
+    assert "mqtt.ca_file" in capsys.readouterr().err
+
+
+def test_check_config_missing_password_file(tmp_path, capsys):
+    text = MINIMAL + '[mqtt]\nusername = "pi"\npassword_file = "absent-password"\n'
+    assert main(["check-config", str(write(tmp_path, text))]) == 2
+    err = capsys.readouterr().err
+    assert "mqtt.password_file" in err
+    assert "absent-password" in err
+
+
+def test_check_config_unset_password_env(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("EDGE_TEST_PASSWORD", raising=False)
+    text = MINIMAL + '[mqtt]\nusername = "pi"\npassword_env = "EDGE_TEST_PASSWORD"\n'
+    assert main(["check-config", str(write(tmp_path, text))]) == 2
+    assert "EDGE_TEST_PASSWORD (mqtt.password_env) is unset" in capsys.readouterr().err
+
+
+def test_check_config_never_prints_password(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("EDGE_TEST_PASSWORD", "s3cret-value")
+    text = MINIMAL + '[mqtt]\nusername = "pi"\npassword_env = "EDGE_TEST_PASSWORD"\n'
+    assert main(["check-config", str(write(tmp_path, text))]) == 0
+    output = capsys.readouterr()
+    assert "s3cret-value" not in output.out + output.err
+
+
+def test_check_config_budget_too_small(tmp_path, capsys):
+    text = MINIMAL + "budget_mib = 64\n[source]\nwidth = 7680\nheight = 4320\n"
+    assert main(["check-config", str(write(tmp_path, text))]) == 2
+    err = capsys.readouterr().err
+    assert "budget_mib = 64" in err
+    assert "lower [source] width and height (now 7680x4320)" in err
+
+
+def test_check_config_missing_video(tmp_path, capsys):
+    text = MINIMAL + '[source]\nkind = "video"\nuri = "absent.mp4"\n'
+    assert main(["check-config", str(write(tmp_path, text))]) == 2
+    assert "absent.mp4" in capsys.readouterr().err
+
+
+def test_check_config_prints_memory_limits(tmp_path, capsys):
+    assert main(["check-config", str(write(tmp_path, MINIMAL + "budget_mib = 200\n"))]) == 0
+    assert "MemoryHigh=200M MemoryMax=250M" in capsys.readouterr().out

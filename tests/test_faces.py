@@ -1,3 +1,4 @@
+import importlib.util
 import logging
 import re
 from dataclasses import dataclass
@@ -9,17 +10,25 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_agent.blazeface import (
+    INPUT_ALIGN_PX,
     INPUT_SIZE_PX,
     BlazeFaceModel,
+    InputShape,
     decode_boxes,
     generate_anchor_centers,
-    letterbox_region,
+    resize_model_input,
 )
 from edge_agent.config import DEFAULT_BLAZEFACE_MODEL, DetectorConfig
 from edge_agent.errors import ConfigError, ModelError
-from edge_agent.faces import BLAZEFACE_MIN_MODEL_FACE_PX, FaceBox, create_detector
-from edge_agent.tiling import FrameBoxes, Region, merge_boxes, plan_tiles, tile_starts
-from tests.conftest import DATA_DIR, LABELLED_DIR, MEDIA_DIR
+from edge_agent.faces import (
+    BLAZEFACE_MAX_MODEL_FACE_PX,
+    BLAZEFACE_MIN_MODEL_FACE_PX,
+    MAX_INPUT_AREA_PX,
+    FaceBox,
+    create_detector,
+)
+from edge_agent.tiling import LEVEL_FACE_RATIO, FrameBoxes, Level, merge_boxes, plan_pyramid, tile_starts
+from tests.conftest import DATA_DIR, LABELLED_DIR, MEDIA_DIR, REPO_ROOT
 
 # Frames of the bundled videos used in the classroom composite, by file name.
 VIDEO_FRAMES = {"WolfgangLanger_Pexels.mp4": (0, 150, 300, 450), "single_face.mp4": (0, 40)}
@@ -138,6 +147,22 @@ def photos(blazeface) -> list[Photo]:
     return [Photo(image=image, faces=blazeface.detect(image)) for image in images]
 
 
+def plan(frame_width_px: int, frame_height_px: int, min_face_px: float):
+    return plan_pyramid(
+        frame_width_px,
+        frame_height_px,
+        min_face_px,
+        BLAZEFACE_MIN_MODEL_FACE_PX,
+        BLAZEFACE_MAX_MODEL_FACE_PX,
+        MAX_INPUT_AREA_PX,
+        INPUT_ALIGN_PX,
+    )
+
+
+def to_model_input(rgb: np.ndarray) -> np.ndarray:
+    return rgb.astype(np.float32) * (2.0 / 255.0) - 1.0
+
+
 def test_anchors_grid_of_stride_4():
     centers = generate_anchor_centers()
     assert centers.shape == (48 * 48, 2)
@@ -147,12 +172,21 @@ def test_anchors_grid_of_stride_4():
     np.testing.assert_allclose(centers[-1], [190.0, 190.0])
 
 
+def test_anchors_non_square_input():
+    centers = generate_anchor_centers(height_px=64, width_px=96)
+    assert centers.shape == (16 * 24, 2)
+    np.testing.assert_allclose(centers[23], [94.0, 2.0])
+    np.testing.assert_allclose(centers[24], [2.0, 6.0])
+
+
 def test_anchors_match_model_outputs():
     model = BlazeFaceModel(DEFAULT_BLAZEFACE_MODEL)
-    black = np.full((1, INPUT_SIZE_PX, INPUT_SIZE_PX, 3), -1.0, dtype=np.float32)
-    regressors, logits = model._invoke(black)
-    assert regressors.shape == (len(generate_anchor_centers()), 16)
-    assert logits.shape == (len(generate_anchor_centers()),)
+    for height_px, width_px in [(192, 192), (96, 320)]:
+        black = np.full((height_px, width_px, 3), -1.0, dtype=np.float32)
+        regressors, logits = model.invoke(black)
+        anchor_count = len(generate_anchor_centers(height_px, width_px))
+        assert regressors.shape == (anchor_count, 16)
+        assert logits.shape == (anchor_count,)
 
 
 def test_decode_boxes_offsets_from_anchor():
@@ -162,30 +196,35 @@ def test_decode_boxes_offsets_from_anchor():
     np.testing.assert_allclose(decode_boxes(regressors, anchors), [[90.0, 36.0, 130.0, 56.0]])
 
 
-def test_letterbox_keeps_aspect_ratio():
-    wide = np.full((90, 360, 3), 255, dtype=np.uint8)
-    model_input, placement = letterbox_region(wide)
-    assert model_input.shape == (INPUT_SIZE_PX, INPUT_SIZE_PX, 3)
-    assert placement.scale_x == pytest.approx(192 / 360)
-    assert placement.scale_y == pytest.approx(48 / 90)
-    assert placement.pad_x_px == 0
-    assert placement.pad_y_px == 72
-    assert model_input[71, 96, 0] == pytest.approx(-1.0)
-    assert model_input[72, 96, 0] == pytest.approx(1.0)
-    assert model_input[119, 96, 0] == pytest.approx(1.0)
-    assert model_input[120, 96, 0] == pytest.approx(-1.0)
+def test_resized_input_finds_same_face():
+    """A face in a 192x192 input is found at the same place when the input is a larger canvas."""
+    model = BlazeFaceModel(DEFAULT_BLAZEFACE_MODEL)
+    assert model.resizable
+    face = cv2.cvtColor(read_image(MEDIA_DIR / "single_face.jpg"), cv2.COLOR_BGR2RGB)
+    small = cv2.resize(face, (INPUT_SIZE_PX, INPUT_SIZE_PX), interpolation=cv2.INTER_AREA)
+    native = model.detect(to_model_input(small), 0.6)
+    canvas = np.zeros((256, 448, 3), dtype=np.uint8)
+    canvas[32 : 32 + INPUT_SIZE_PX, 224 : 224 + INPUT_SIZE_PX] = small
+    resized = model.detect(to_model_input(canvas), 0.6)
+
+    assert len(native.scores) > 0
+    assert len(resized.scores) > 0
+    best_native = native.boxes[np.argmax(native.scores)]
+    best_resized = resized.boxes[np.argmax(resized.scores)] - [224, 32, 224, 32]
+    np.testing.assert_allclose(best_resized, best_native, atol=3.0)
+    assert resized.scores.max() == pytest.approx(native.scores.max(), abs=0.05)
 
 
-def test_batch_matches_single_inputs():
-    batched = BlazeFaceModel(DEFAULT_BLAZEFACE_MODEL, max_batch=4)
-    single = BlazeFaceModel(DEFAULT_BLAZEFACE_MODEL, max_batch=1)
-    assert batched.max_batch == 4, "ai-edge-litert should accept an Nx192x192x3 input"
-    image = read_image(MEDIA_DIR / "multi_face.jpg")
-    regions = [image[:400, :400], image[200:600, 300:700], image[100:500, 600:], image, image[:300, :300]]
-    inputs = np.stack([letterbox_region(region)[0] for region in regions])
-    for got, expected in zip(batched.detect(inputs, 0.5), single.detect(inputs, 0.5), strict=True):
-        np.testing.assert_allclose(got.scores, expected.scores, rtol=1e-4)
-        np.testing.assert_allclose(got.boxes, expected.boxes, atol=1e-2)
+def test_resize_rejects_unaligned_shape():
+    content = DEFAULT_BLAZEFACE_MODEL.read_bytes()
+    with pytest.raises(ValueError, match="multiple of 32"):
+        resize_model_input(content, InputShape(100, 192))
+
+
+def test_resize_rejects_other_graph():
+    content = (DATA_DIR / "weights" / "fer_emotion_model_quantized.tflite").read_bytes()
+    with pytest.raises(ModelError, match="0 bilinear upsampling ops"):
+        resize_model_input(content, InputShape(192, 192))
 
 
 def test_blazeface_multi_face_finds_five(blazeface):
@@ -340,40 +379,56 @@ def test_detect_rejects_non_array(backend):
         detector.detect([[0, 0, 0]])
 
 
-def test_blazeface_video_frame_without_tiles(caplog):
+def test_blazeface_video_frame_one_tile(caplog):
     detector = create_detector(DetectorConfig(min_face_px=60))
     frame = read_video_frames()[0]
     assert frame.shape == (360, 640, 3)
     with caplog.at_level(logging.INFO, logger="edge_agent.faces"):
         faces = detector.detect(frame)
-    assert detector.plan_for(640, 360).tile_count == 0
-    assert "0 tiles" in caplog.text
+    assert detector.plan_for(640, 360).tile_count == 1
+    assert "1 levels, 1 tiles" in caplog.text
     assert len(faces) == 1, f"found {len(faces)} faces, expected 1"
 
 
-def test_plan_small_frame_without_tiles():
-    plan = plan_tiles(640, 360, 60, BLAZEFACE_MIN_MODEL_FACE_PX, input_size_px=192)
-    assert plan.tile_count == 0
-    assert plan.regions == (Region(0, 0, 640, 360, level=0),)
+def test_blazeface_fixed_input_model(monkeypatch):
+    """A model that cannot be resized runs on 192x192 tiles and still finds the faces."""
+    monkeypatch.setattr(BlazeFaceModel, "_check_resizable", lambda self: False)
+    detector = create_detector(DetectorConfig())
+    image = read_image(MEDIA_DIR / "multi_face.jpg")
+    faces = detector.detect(image)
+    plan = detector.plan_for(image.shape[1], image.shape[0])
+    assert all((level.tile_width_px, level.tile_height_px) == (192, 192) for level in plan.levels)
+    assert len(faces) == 5, f"found {len(faces)} faces, expected 5"
+
+
+def test_plan_small_frame_one_tile():
+    small = plan(640, 360, 60)
+    assert small.levels == (Level(0, 171, 96, 192, 96, small.levels[0].tiles),)  # 640 px * 16 / 60
+    assert small.tile_count == 1
 
 
 def test_plan_classroom_frame_tiles():
-    plan = plan_tiles(1920, 1080, 20, BLAZEFACE_MIN_MODEL_FACE_PX, input_size_px=192)
-    assert plan.tile_sizes_px[0] == 213  # 20 px * 192 / 18
-    assert plan.tile_count > 50
-    assert plan.regions[-1] == Region(0, 0, 1920, 1080, level=len(plan.tile_sizes_px))
-    for region in plan.regions:
-        assert region.x_px >= 0
-        assert region.y_px >= 0
-        assert region.x_px + region.width_px <= 1920
-        assert region.y_px + region.height_px <= 1080
+    classroom = plan(1920, 1080, 20)
+    first = classroom.levels[0]
+    assert (first.width_px, first.height_px) == (1536, 864)  # 1920 px * 16 / 20
+    assert classroom.tile_count > 1
+    for level in classroom.levels:
+        assert level.tile_width_px % INPUT_ALIGN_PX == 0
+        assert level.tile_height_px % INPUT_ALIGN_PX == 0
+        for tile in level.tiles:
+            assert tile.x_px >= 0
+            assert tile.y_px >= 0
+            if len(level.tiles) > 1:
+                assert level.tile_width_px * level.tile_height_px <= MAX_INPUT_AREA_PX
+    last = classroom.levels[-1]
+    assert len(last.tiles) == 1
+    assert min(last.width_px, last.height_px) <= BLAZEFACE_MAX_MODEL_FACE_PX
 
 
 def test_tile_starts_cover_length():
-    starts = tile_starts(1000, 300, 50)
-    assert starts[0] == 0
-    assert starts[-1] == 700
-    assert all(later - earlier <= 250 for earlier, later in zip(starts, starts[1:]))
+    starts = tile_starts(1000, 300, 4)
+    assert starts == [0, 233, 467, 700]
+    assert tile_starts(200, 300, 1) == [0]
 
 
 @settings(max_examples=300, deadline=None)
@@ -384,26 +439,32 @@ def test_tile_starts_cover_length():
     data=st.data(),
 )
 def test_plan_fits_every_face(frame_width_px, frame_height_px, min_face_px, data):
-    """Every face of min_face_px or more lies wholly in a region that shows it at the model's minimum size."""
+    """Every face of min_face_px or more lies wholly in a tile that shows it within the model's face sizes."""
     largest_face_px = min(frame_width_px, frame_height_px)
     if largest_face_px < min_face_px:
         return
     face_px = data.draw(st.integers(min_face_px, largest_face_px), label="face_px")
     face_x_px = data.draw(st.integers(0, frame_width_px - face_px), label="face_x_px")
     face_y_px = data.draw(st.integers(0, frame_height_px - face_px), label="face_y_px")
-    plan = plan_tiles(frame_width_px, frame_height_px, min_face_px, BLAZEFACE_MIN_MODEL_FACE_PX, 192)
+    pyramid = plan(frame_width_px, frame_height_px, min_face_px)
 
-    def shows_face(region: Region) -> bool:
-        inside = (
-            region.x_px <= face_x_px
-            and face_x_px + face_px <= region.x_px + region.width_px
-            and region.y_px <= face_y_px
-            and face_y_px + face_px <= region.y_px + region.height_px
+    def shows_face(level: Level) -> bool:
+        scale_x = level.width_px / frame_width_px
+        scale_y = level.height_px / frame_height_px
+        model_face_px = face_px * min(scale_x, scale_y)
+        if not BLAZEFACE_MIN_MODEL_FACE_PX - 1e-9 <= model_face_px <= BLAZEFACE_MAX_MODEL_FACE_PX:
+            return False
+        x_min, x_max = face_x_px * scale_x, (face_x_px + face_px) * scale_x
+        y_min, y_max = face_y_px * scale_y, (face_y_px + face_px) * scale_y
+        return any(
+            tile.x_px - 0.5 <= x_min
+            and x_max <= tile.x_px + level.tile_width_px + 0.5
+            and tile.y_px - 0.5 <= y_min
+            and y_max <= tile.y_px + level.tile_height_px + 0.5
+            for tile in level.tiles
         )
-        model_face_px = face_px * 192 / max(region.width_px, region.height_px)
-        return inside and model_face_px >= BLAZEFACE_MIN_MODEL_FACE_PX - 1e-9
 
-    assert any(shows_face(region) for region in plan.regions)
+    assert any(shows_face(level) for level in pyramid.levels)
 
 
 def test_merge_prefers_whole_box_over_cut():
@@ -432,3 +493,47 @@ def test_merge_keeps_separate_faces():
         cut=np.array([False, False, True]),
     )
     assert merge_boxes(candidates, iou_threshold=0.3).tolist() == [1, 0, 2]
+
+
+@pytest.fixture(scope="module")
+def int8_model_path(tmp_path_factory):
+    """An int8 copy of the bundled BlazeFace model, made by bench/detector_int8.py."""
+    spec = importlib.util.spec_from_file_location("detector_int8", REPO_ROOT / "bench" / "detector_int8.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    output = tmp_path_factory.mktemp("int8") / "face_detection_full_range_int8.tflite"
+    module.quantize(DEFAULT_BLAZEFACE_MODEL, output)
+    return output
+
+
+@pytest.mark.slow
+def test_int8_model_finds_faces(int8_model_path):
+    detector = create_detector(DetectorConfig(model=int8_model_path))
+    assert detector.model.input_dtype == np.int8
+    assert detector.model.resizable
+    multi = detector.detect(read_image(MEDIA_DIR / "multi_face.jpg"))
+    single = detector.detect(read_image(MEDIA_DIR / "single_face.jpg"))
+    assert len(multi) == 5, f"found {len(multi)} faces, expected 5"
+    assert len(single) == 1, f"found {len(single)} faces, expected 1"
+
+
+@pytest.mark.slow
+def test_int8_model_classroom_composite(int8_model_path, photos):
+    detector = create_detector(DetectorConfig(model=int8_model_path))
+    composite = build_composite(photos, seed=0)
+    found = as_corners(detector.detect(composite.image))
+    found_faces = sum(any(matches(box, truth) for box in found) for truth in composite.truth)
+    false_boxes = [box for box in found if not any(matches(box, truth) for truth in composite.truth)]
+    assert found_faces >= 0.9 * len(composite.truth), f"found {found_faces} of {len(composite.truth)} faces"
+    assert not false_boxes, f"{len(false_boxes)} false detections among {len(found)}"
+
+
+def test_blazeface_frees_other_sizes():
+    detector = create_detector(DetectorConfig())
+    detector.detect(np.full((1080, 1920, 3), 128, dtype=np.uint8))
+    large_shapes = set(detector.model._interpreters)
+    detector.detect(read_video_frames()[0])
+    plan = detector.plan_for(640, 360)
+    expected = {InputShape(level.tile_height_px, level.tile_width_px) for level in plan.levels}
+    assert set(detector.model._interpreters) == expected
+    assert not large_shapes & expected

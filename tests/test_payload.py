@@ -77,6 +77,7 @@ def test_parse_rejects_malformed_bytes(payload, message):
         ({"counts": {"happy": 5}}, "counts sum to 5 but faces_seen is 3"),
         ({"device_id": "pi/101"}, "device_id"),
         ({"window_end": "2026-03-02T08:00:00Z"}, "is not after window_start"),
+        ({"window_end": "2026-03-02T09:00:00.5Z"}, "windows must last 1 to 3600 s"),
         ({"counts": {"Happy!": 3}}, "invalid label"),
         ({"counts": {"happy": -1, "sad": 4}}, "negative"),
         ({"extra": 1}, "extra"),
@@ -96,4 +97,6 @@ def test_topics_and_schema():
     schema = json_schema()
     assert schema["properties"]["schema_version"]["const"] == SCHEMA_VERSION
     assert "counts" in schema["required"]
+    assert "schema_version" in schema["required"]
+    assert "sum to faces_seen" in schema["description"]
     assert len(FER2013_LABELS) == 7

@@ -70,6 +70,60 @@ def _agreement_rows(card: ModelCard) -> list[str]:
     return rows
 
 
+def _measurement_lines(card: ModelCard) -> list[str]:
+    if card.evaluation is None:
+        return [
+            "## Measured agreement",
+            "",
+            (
+                "Agreement says how faithfully the file reproduces the float model, not how accurate the model "
+                "is: "
+                "the bundled media are too few and mostly unlabelled to measure accuracy."
+            ),
+            "",
+            *_agreement_rows(card),
+            "",
+        ]
+    evaluation = card.evaluation
+    lines = [
+        "## Measured accuracy",
+        "",
+        (
+            f"On the {evaluation.split} split of `{evaluation.dataset}` ({evaluation.images} images). The int8 "
+            "numbers come from this file run by the edge agent's classifier; the simulated int8 accuracy is "
+            "the quantized PyTorch graph the file was converted from."
+        ),
+        "",
+        "| measure | float model | int8 file |",
+        "|---|---|---|",
+        f"| accuracy | {_percent(evaluation.float_accuracy)} | {_percent(evaluation.int8_accuracy)} |",
+        f"| macro-F1 | {evaluation.float_macro_f1:.4f} | {evaluation.int8_macro_f1:.4f} |",
+        "",
+        (
+            f"- Accuracy drop: {evaluation.accuracy_drop_points:.2f} points (limit {evaluation.max_drop_points:g}); "
+            f"simulated int8 accuracy {_percent(evaluation.int8_simulated_accuracy)}."
+        ),
+        (
+            f"- Parameters: {evaluation.parameters:,}; file size {evaluation.file_size_bytes:,} bytes; "
+            f"calibration images: {evaluation.calibration_images}."
+        ),
+        (
+            f"- Latency: {evaluation.latency_ms_per_image:.3f} ms per image (median, batch 1), measured on "
+            f"{evaluation.latency_machine}, not on a Raspberry Pi."
+        ),
+        "",
+        "| class | test images | float recall | int8 recall | int8 F1 |",
+        "|---|---|---|---|---|",
+    ]
+    for metrics in evaluation.per_class:
+        lines.append(
+            f"| {metrics.label} | {metrics.images} | {metrics.float_recall:.3f} | {metrics.int8_recall:.3f} "
+            f"| {metrics.int8_f1:.3f} |"
+        )
+    lines += ["", "### Agreement with the float model", "", *_agreement_rows(card), ""]
+    return lines
+
+
 def render_markdown(card: ModelCard, model_size_bytes: int) -> str:
     """Render the human-readable model card from the JSON card."""
     spec = card.input
@@ -184,16 +238,7 @@ def render_markdown(card: ModelCard, model_size_bytes: int) -> str:
             f"seed {card.export.seed}."
         ),
         "",
-        "## Measured agreement",
-        "",
-        (
-            "Agreement says how faithfully the file reproduces the float model, not how accurate the model "
-            "is: "
-            "the bundled media are too few and mostly unlabelled to measure accuracy."
-        ),
-        "",
-        *_agreement_rows(card),
-        "",
+        *_measurement_lines(card),
         "## Reproduce",
         "",
         f"`{card.export.command}` rebuilds this file, its JSON card and this page.",

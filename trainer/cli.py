@@ -2,12 +2,19 @@
 
 Subcommands:
 
+- ``fit`` and ``test``: train or test an ``EmotionModule`` with Lightning's CLI; every
+  option after the subcommand goes to it (``trainer fit --help``).
 - ``export-default``: rebuild the agent's default model (``edge_agent/models/
   emotion_mini_xception_int8.tflite`` with its JSON and Markdown cards) from the Keras
   mini-Xception in ``data/weights/`` and the bundled media.
 - ``import-keras WEIGHTS --out FILE``: port Keras mini-Xception weights to a checkpoint.
-- ``export CHECKPOINT --out FILE``: export any mini-Xception checkpoint to a fully int8
-  .tflite file with its cards.
+- ``export CHECKPOINT --out FILE``: export a checkpoint to a fully int8 .tflite file with
+  its cards. A Lightning checkpoint of ``trainer fit`` (.ckpt) is calibrated on its training
+  split and measured on its test split, and the export fails when int8 accuracy drops more
+  than ``--max-drop-points``. A checkpoint of ``import-keras`` (.pt) is calibrated and
+  checked on face crops of the bundled media.
+- ``evaluate MODEL --data PATH``: score an exported .tflite file with its card on a
+  dataset split, through the edge agent's classifier.
 - ``render-card MODEL``: rewrite a model's Markdown card from its JSON card, after a change
   to the card text, without exporting again.
 """
@@ -36,6 +43,8 @@ DATA_DIR = REPO_ROOT / "data"
 DEFAULT_KERAS_WEIGHTS = DATA_DIR / "weights" / "mini_xception_fer2013.hdf5"
 DEFAULT_REFERENCE_TFLITE = DATA_DIR / "weights" / "fer_emotion_model_quantized.tflite"
 DEFAULT_MODEL_NAME = "emotion_mini_xception_int8"
+#: Subcommands handed to Lightning's CLI with all their arguments.
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="store_true", help="log debug messages and converter progress"
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    # Listed for --help only: main() hands these to Lightning's CLI before this parser runs.
+    commands.add_parser("fit", help="train a model with Lightning's CLI ('trainer fit --help' lists its options)")
+    commands.add_parser("test", help="test a checkpoint with Lightning's CLI ('trainer test --help')")
 
     default = commands.add_parser(
         "export-default",
@@ -70,10 +82,26 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser(
         "export", help="export a checkpoint to a fully int8 .tflite file with its cards"
     )
-    export.add_argument("checkpoint", type=Path, help="checkpoint written by import-keras or by training")
+    export.add_argument(
+        "checkpoint", type=Path, help="checkpoint of 'trainer fit' (.ckpt) or of 'import-keras' (.pt)"
+    )
     export.add_argument("--out", type=Path, required=True, help="output .tflite path")
     export.add_argument("--name", help="model name in the card (default: the output file's stem)")
     _add_export_options(export)
+    _add_dataset_export_options(export)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="score an exported .tflite file on a dataset split with the agent's classifier"
+    )
+    evaluate.add_argument("model", type=Path, help=".tflite file with its JSON card beside it")
+    evaluate.add_argument("--data", type=Path, required=True, help="fer2013.csv or an image folder")
+    evaluate.add_argument("--ferplus", type=Path, help="fer2013new.csv with FER+ votes for the CSV's rows")
+    evaluate.add_argument("--split", choices=("train", "val", "test"), default="test", help="split to score")
+    evaluate.add_argument(
+        "--val-fraction", type=float, default=0.1, help="validation share of an image folder's train/ (default: %(default)s)"
+    )
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of an image folder's validation split")
+    evaluate.add_argument("--json", type=Path, help="also write the scores to this JSON file")
 
     render = commands.add_parser("render-card", help="rewrite <model>.md from <model>.json without exporting")
     render.add_argument("model", type=Path, help=".tflite file whose JSON card is read")
@@ -111,8 +139,38 @@ def _add_export_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_dataset_export_options(parser: argparse.ArgumentParser) -> None:
+    from trainer.dataset_export import DEFAULT_CALIBRATION_IMAGES, DEFAULT_MAX_DROP_POINTS
+
+    group = parser.add_argument_group("checkpoints of 'trainer fit' (.ckpt)")
+    group.add_argument(
+        "--data", type=Path, help="dataset to calibrate and test on (default: the one the checkpoint was trained on)"
+    )
+    group.add_argument(
+        "--calibration-images",
+        type=int,
+        default=DEFAULT_CALIBRATION_IMAGES,
+        help="training images drawn to calibrate the int8 ranges (default: %(default)s)",
+    )
+    group.add_argument(
+        "--max-drop-points",
+        type=float,
+        default=DEFAULT_MAX_DROP_POINTS,
+        help="fail when int8 test accuracy is more than this many percentage points below float (default: %(default)s)",
+    )
+    group.add_argument(
+        "--split", choices=("val", "test"), default="test", help="split the accuracy is measured on (default: test)"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments and arguments[0] in LIGHTNING_SUBCOMMANDS:
+        from trainer.training_cli import run
+
+        # Lightning's CLI reads sys.argv itself when it is the process's own command line.
+        run(None if argv is None else arguments)
+        return 0
     options = build_parser().parse_args(arguments)
     # The converter logs every lowered op at INFO on the root logger, so only this project's
     # loggers are raised to INFO.
@@ -124,6 +182,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             _import_keras(options)
         elif options.command == "render-card":
             _render_card(options)
+        elif options.command == "evaluate":
+            _evaluate(options)
+        elif options.command == "export" and options.checkpoint.suffix == ".ckpt":
+            _export_trained(options, command=shlex.join(["trainer", *arguments]))
         else:
             _export(options, command=shlex.join(["trainer", *arguments]))
     except (TrainerError, AgentError) as error:
@@ -198,6 +260,69 @@ def _export(options: argparse.Namespace, command: str) -> None:
         f"{result.model_path}: {result.model_size_bytes} bytes, int8 agrees with float on "
         f"{agreement.argmax_agreement * 100:.1f} % of {agreement.crops} held-out crops"
     )
+
+
+def _export_trained(options: argparse.Namespace, command: str) -> None:
+    from trainer.dataset_export import DatasetExportRequest, run_dataset_export
+    from trainer.trained import load_trained
+
+    trained = load_trained(options.checkpoint, data_path=options.data)
+    datamodule = trained.datamodule
+    request = DatasetExportRequest(
+        model=trained.module.model,
+        architecture=trained.module.hparams.architecture,
+        labels=trained.module.labels,
+        train=datamodule.split("train"),
+        test=datamodule.split(options.split),
+        dataset=str(datamodule.hparams.path),
+        test_split=options.split,
+        source_checkpoint=options.checkpoint,
+        output_path=options.out,
+        command=command,
+        model_name=options.name or options.out.stem,
+        calibration_images=options.calibration_images,
+        max_drop_points=options.max_drop_points,
+        margin=options.margin,
+        interpolation=options.interpolation,
+        seed=options.seed,
+    )
+    result = run_dataset_export(request)
+    evaluation = result.card.evaluation
+    print(
+        f"{result.model_path}: {result.model_size_bytes} bytes, {evaluation.parameters} parameters; "
+        f"{evaluation.split} accuracy float {evaluation.float_accuracy:.2%}, int8 {evaluation.int8_accuracy:.2%} "
+        f"(drop {evaluation.accuracy_drop_points:.2f} points), int8 macro-F1 {evaluation.int8_macro_f1:.4f}, "
+        f"{evaluation.latency_ms_per_image:.3f} ms per image"
+    )
+
+
+def _evaluate(options: argparse.Namespace) -> None:
+    import json
+
+    from trainer.data import load_dataset
+    from trainer.evaluation import evaluate_exported
+
+    dataset = load_dataset(options.data, options.ferplus, val_fraction=options.val_fraction, seed=options.seed)
+    images = dataset.split(options.split)
+    scores, classifier = evaluate_exported(options.model, images)
+    if classifier.labels != dataset.labels:
+        raise TrainerError(
+            f"{options.model} has labels {classifier.labels}, the dataset {dataset.labels}: evaluate a model "
+            "trained on this label set"
+        )
+    print(f"{options.model} on {options.split} ({len(images)} images): {scores.describe(classifier.labels)}")
+    if options.json:
+        record = {
+            "model": str(options.model),
+            "data": str(options.data),
+            "split": options.split,
+            "images": len(images),
+            "accuracy": scores.accuracy,
+            "macro_f1": scores.macro_f1,
+            "recall": dict(zip(classifier.labels, scores.recall, strict=True)),
+            "f1": dict(zip(classifier.labels, scores.f1, strict=True)),
+        }
+        options.json.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
 
 
 def _labels_for(num_classes: int) -> tuple[str, ...]:

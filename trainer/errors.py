@@ -15,3 +15,11 @@ class CalibrationError(TrainerError):
 
 class ExportError(TrainerError):
     """Conversion to TFLite failed or produced a file that breaks the int8-only contract."""
+
+
+class DataError(TrainerError):
+    """A dataset is missing, of an unknown shape, or has more malformed rows than allowed."""
+
+
+class AccuracyDropError(ExportError):
+    """The int8 file loses more test accuracy against the float model than the export allows."""

@@ -1,4 +1,4 @@
-"""Conversion of a raw-pixel ``MiniXception`` to a fully int8 TFLite file, and its checks.
+"""Conversion of a raw-pixel emotion model to a fully int8 TFLite file, and its checks.
 
 The pipeline is PT2E static quantization (``trainer.quantize``) followed by
 ``litert_torch.convert``. With the input quantization fixed and softmax annotated, the
@@ -21,7 +21,7 @@ import torch
 from edge_agent.model_card import Agreement, TensorSpec
 from edge_agent.runtime import load_interpreter
 from trainer.errors import ExportError
-from trainer.models import RAW_PIXEL_RANGE, ChannelsLastInput, MiniXception
+from trainer.models import RAW_PIXEL_RANGE, ChannelsLastInput
 from trainer.quantize import quantize_model
 
 log = logging.getLogger(__name__)
@@ -46,12 +46,16 @@ def tool_versions() -> dict[str, str]:
     return {name: importlib.metadata.version(name) for name in ("litert-torch", "torch", "torchao")}
 
 
-def convert_to_int8_tflite(model: MiniXception, calibration_crops: np.ndarray, output_path: Path) -> None:
-    """Quantize ``model`` on the crops and write a TFLite file with int8 input and output.
+def convert_to_int8_tflite(
+    model: torch.nn.Module, calibration_crops: np.ndarray, output_path: Path
+) -> torch.fx.GraphModule:
+    """Quantize ``model`` on the crops, write a TFLite file with int8 input and output, return the graph.
 
-    ``model`` must take raw pixels (``fold_input_scaling``). ``calibration_crops`` is
-    uint8 (N, size, size). The file takes (1, size, size, 1) int8 = pixel - 128 and
-    returns (1, num_classes) int8 probabilities with scale 1/256 and zero point -128.
+    ``model`` (``MiniXception`` or ``DSCNN``) must take raw pixels (``fold_input_scaling``).
+    ``calibration_crops`` is uint8 (N, size, size). The file takes (1, size, size, 1) int8 =
+    pixel - 128 and returns (1, num_classes) int8 probabilities with scale 1/256 and zero
+    point -128. The returned graph is the quantized PyTorch model the file was converted
+    from; it takes float (1, size, size, 1) raw pixels and simulates the int8 arithmetic.
     """
     import litert_torch
     from litert_torch.quantize.quant_config import QuantConfig
@@ -84,6 +88,7 @@ def convert_to_int8_tflite(model: MiniXception, calibration_crops: np.ndarray, o
     output_path.parent.mkdir(parents=True, exist_ok=True)
     edge_model.export(str(output_path))
     log.info("Wrote %s (%d bytes)", output_path, output_path.stat().st_size)
+    return quantized
 
 
 def inspect_tensors(model_path: Path) -> TensorInventory:
@@ -132,7 +137,7 @@ def _tensor_spec(details: dict, model_path: Path) -> TensorSpec:
     return TensorSpec(dtype="int8", scale=float(scale), zero_point=int(zero_point))
 
 
-def predict_float(model: MiniXception, crops: np.ndarray, batch_size: int = 64) -> np.ndarray:
+def predict_float(model: torch.nn.Module, crops: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """Return the float model's probabilities (N, num_classes) for uint8 crops (N, size, size).
 
     Pixels are mapped to the model's ``pixel_range`` first.

@@ -134,7 +134,7 @@ class MiniXception(nn.Module):
 
 
 @torch.no_grad()
-def fold_input_scaling(model: MiniXception) -> MiniXception:
+def fold_input_scaling(model: nn.Module) -> nn.Module:
     """Make ``model`` take raw pixels 0..255 instead of [-1, 1], in place, and return it.
 
     The original computes ``conv1(x / 127.5 - 1)``. Because conv1 has no padding, every
@@ -142,6 +142,9 @@ def fold_input_scaling(model: MiniXception) -> MiniXception:
     The constant ``sum(W)`` per output channel moves into the running mean of the batch
     normalization that follows, so no float op stays in front of the first convolution
     and the structure of the model does not change.
+
+    Works for any model with a ``pixel_range`` attribute, an unpadded bias-free
+    ``stem_conv1`` and a ``stem_bn1`` right after it (``MiniXception`` and ``DSCNN``).
     """
     if model.pixel_range != NORMALIZED_PIXEL_RANGE:
         raise ValueError(f"model already takes pixels in {model.pixel_range}, not {NORMALIZED_PIXEL_RANGE}")
@@ -164,3 +167,95 @@ class ChannelsLastInput(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x.permute(0, 3, 1, 2))
+
+
+#: Output channels of the DSCNN stem and of its depthwise-separable blocks, with their strides.
+DSCNN_STEM_CHANNELS = 16
+DSCNN_BLOCKS = ((32, 1), (64, 2), (64, 1), (128, 2), (128, 1))
+
+
+class DepthwiseSeparableBlock(nn.Sequential):
+    """3x3 depthwise convolution, batch norm, ReLU, 1x1 pointwise convolution, batch norm, ReLU.
+
+    ReLU, not ReLU6 or a swish: litert-torch 0.10 fuses conv, batch norm and ReLU into one int8
+    CONV_2D or DEPTHWISE_CONV_2D, so the block adds no separate activation op.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+        super().__init__()
+        self.depthwise = nn.Conv2d(
+            in_channels, in_channels, 3, stride=stride, padding=1, groups=in_channels, bias=False
+        )
+        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.relu1 = nn.ReLU()
+        self.pointwise = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.relu2 = nn.ReLU()
+
+
+class DSCNN(nn.Module):
+    """Small depthwise-separable CNN for int8 inference on ARM CPUs; forward returns probabilities.
+
+    A MobileNet-style stack (Howard et al., "MobileNets", 2017): one unpadded 3x3 stem
+    convolution at stride 2, five depthwise-separable blocks that halve the resolution twice more,
+    a 1x1 head convolution with one output channel per class, global average pooling and
+    softmax. Every op is one that PT2E and litert-torch quantize to int8 (convolution,
+    batch norm folded into it, ReLU, average pooling, softmax on a 2-D tensor), and the
+    unpadded bias-free stem lets ``fold_input_scaling`` remove the input normalization.
+
+    Input and output as for ``MiniXception``: (N, 1, input_size, input_size) in ``pixel_range``,
+    (N, num_classes) probabilities. ``width`` scales every channel count.
+    """
+
+    def __init__(self, input_size: int = 48, num_classes: int = 7, width: float = 1.0) -> None:
+        super().__init__()
+        if input_size < 16:
+            raise ValueError(f"input_size must be at least 16 pixels, got {input_size}")
+        if width <= 0:
+            raise ValueError(f"width must be positive, got {width}")
+        self.input_size = input_size
+        self.num_classes = num_classes
+        self.pixel_range = NORMALIZED_PIXEL_RANGE
+
+        stem_channels = max(8, round(DSCNN_STEM_CHANNELS * width))
+        self.stem_conv1 = nn.Conv2d(1, stem_channels, 3, stride=2, bias=False)
+        self.stem_bn1 = nn.BatchNorm2d(stem_channels)
+        self.relu = nn.ReLU()
+        blocks = []
+        in_channels = stem_channels
+        for channels, stride in DSCNN_BLOCKS:
+            out_channels = max(8, round(channels * width))
+            blocks.append(DepthwiseSeparableBlock(in_channels, out_channels, stride))
+            in_channels = out_channels
+        self.blocks = nn.Sequential(*blocks)
+        self.head_conv = nn.Conv2d(in_channels, num_classes, 1, bias=True)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.softmax = nn.Softmax(dim=1)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the (N, num_classes) scores before softmax."""
+        x = self.relu(self.stem_bn1(self.stem_conv1(x)))
+        x = self.blocks(x)
+        # Pool before the flatten so that softmax sees a 2-D tensor, as in MiniXception.
+        return torch.flatten(self.pool(self.head_conv(x)), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.softmax(self.logits(x))
+
+
+#: Architectures the trainer builds by name.
+ARCHITECTURES = ("mini_xception", "ds_cnn")
+
+
+def build_model(architecture: str, input_size: int, num_classes: int, width: float = 1.0) -> nn.Module:
+    """Build an untrained model by architecture name (see ``ARCHITECTURES``)."""
+    if architecture == "mini_xception":
+        return MiniXception(input_size=input_size, num_classes=num_classes)
+    if architecture == "ds_cnn":
+        return DSCNN(input_size=input_size, num_classes=num_classes, width=width)
+    raise ValueError(f"unknown architecture {architecture!r}: use one of {', '.join(ARCHITECTURES)}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Return the number of trainable and frozen parameters (batch norm statistics excluded)."""
+    return sum(parameter.numel() for parameter in model.parameters())

@@ -1,0 +1,105 @@
+"""Devices from window, status and stats topics; fuzzed payloads never crash the ingest."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from aggregator.cli import main
+from aggregator.devices import list_devices
+from aggregator.ingest import Ingest
+from aggregator.store import ReceivedWindow, Store
+from tests.conftest import Broker
+from tests.test_aggregator_helpers import ingest_settings, make_window, publisher, running_ingest, wait_until
+
+START = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def db_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'aggregator.db'}"
+
+
+def test_devices_status_and_stats(mqtt_broker: Broker, db_url: str, capsys) -> None:
+    with Store.open(db_url) as store:
+        with running_ingest(store, ingest_settings(mqtt_broker)) as ingest, publisher(mqtt_broker) as client:
+            client.publish_window(make_window("cam-1", START, {"happy": 2}))
+            client.publish_bytes("classroom/cam-1/status", b"online")
+            client.publish_bytes("classroom/cam-1/stats", json.dumps({"fps": 2.0, "future": [1]}).encode())
+            client.publish_bytes("classroom/cam-2/status", b"offline")
+            client.publish_bytes("classroom/cam-3/stats", b"[not an object")
+            client.publish_bytes("classroom/cam-3/status", b"sleeping")
+            wait_until(lambda: ingest.stats().received == 6 and ingest.stats().queued == 0, "6 messages")
+            wait_until(lambda: len(list_devices(store)) == 2, "2 devices stored")
+            stats = ingest.stop()
+        devices = {device.device_id: device for device in list_devices(store)}
+
+    assert stats.rejected_by_reason == {"invalid_device_message": 2}
+    assert devices["cam-1"].room == "B-101"
+    assert devices["cam-1"].status == "online"
+    assert devices["cam-1"].last_window_end == START + timedelta(seconds=10)
+    assert devices["cam-1"].stats() == {"fps": 2.0, "future": [1]}
+    assert devices["cam-2"].status == "offline"
+
+    assert main(["devices", "--db", db_url, "--tz", "UTC"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("cam-1")
+    assert not lines[1].endswith("SILENT")
+    assert lines[2].startswith("cam-2")
+    assert lines[2].endswith("SILENT")
+
+
+def test_devices_silent_after_quiet(db_url: str, capsys) -> None:
+    two_hours_ago = datetime.now(UTC) - timedelta(hours=2)
+    with Store.open(db_url) as store:
+        store.insert_windows([ReceivedWindow(make_window("cam-9", START, {"sad": 1}), two_hours_ago)])
+
+    assert main(["devices", "--db", db_url, "--silent-after-s", "3600"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].endswith("SILENT")
+
+
+PAYLOADS = st.one_of(
+    st.binary(max_size=300),
+    st.dictionaries(
+        st.sampled_from(
+            ["schema_version", "device_id", "room", "window_start", "window_end", "frames_sampled",
+             "faces_seen", "min_faces", "suppressed", "counts"]
+        ),
+        st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=30),
+                  st.dictionaries(st.text(max_size=8), st.integers())),
+    ).map(lambda data: json.dumps(data).encode()),
+)
+
+
+@pytest.mark.slow
+def test_ingest_fuzzed_payloads(mqtt_broker: Broker, tmp_path: Path) -> None:
+    store = Store.open(f"sqlite:///{tmp_path / 'fuzz.db'}")
+    ingest = Ingest(store, ingest_settings(mqtt_broker, client_id="aggregator-fuzz"))
+    ingest.start()
+    sent = [0]
+    try:
+        with publisher(mqtt_broker) as client:
+
+            @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+            @given(payload=PAYLOADS, topic=st.sampled_from(["window", "status", "stats"]))
+            def publish(payload: bytes, topic: str) -> None:
+                client.publish_bytes(f"classroom/cam-1/{topic}", payload)
+                sent[0] += 1
+
+            publish()
+            # A valid window after the fuzz must still be stored.
+            client.publish_window(make_window("cam-1", START, {"happy": 1}))
+            wait_until(lambda: store.count_windows() >= 1, "the valid window stored")
+            wait_until(lambda: ingest.stats().received == sent[0] + 1, "every message received")
+        assert ingest.failure is None
+    finally:
+        stats = ingest.stop()
+        store.close()
+    assert stats.received == sent[0] + 1
+    assert stats.stored >= 1
+    assert stats.rejected >= 1
