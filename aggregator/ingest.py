@@ -399,9 +399,13 @@ class Ingest:
             log.info("Disconnected from MQTT broker %s", self._settings.broker)
             self._disconnected.set()
             return
+        # A broker drops the older of two connections with one client id, so two
+        # aggregators sharing an id disconnect each other in turn.
         log.warning(
-            "Lost the connection to MQTT broker %s (%s); reconnecting every %d to %d s",
+            "Lost the connection to MQTT broker %s as client id %r (%s); reconnecting every %d to %d s. "
+            "If this repeats, check that no other aggregator uses the same --client-id",
             self._settings.broker,
+            self._settings.client_id,
             reason_code,
             RECONNECT_MIN_DELAY_S,
             RECONNECT_MAX_DELAY_S,

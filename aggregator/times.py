@@ -83,6 +83,9 @@ def parse_time(text: str, zone: Zone, option: str) -> datetime:
         ) from None
     if "T" not in text and " " not in text.strip():
         raise ConfigError(f"{option} {text!r} has no time of day: use {example}")
+    # Converting times next to year 1 or 9999 to UTC overflows, and no lecture is held then.
+    if not 1970 <= moment.year <= 9000:
+        raise ConfigError(f"{option} {text!r} is out of range: use a year from 1970 to 9000")
     if moment.tzinfo is not None:
         return moment.astimezone(UTC)
 

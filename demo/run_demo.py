@@ -103,8 +103,12 @@ def run_checked(command: list[str], what: str) -> str:
 
 def video_duration_s(video: Path) -> float:
     from edge_agent.capture import VideoFileSource
+    from edge_agent.errors import SourceError
 
-    source = VideoFileSource(video, sample_fps=1.0, start=LECTURE_START)
+    try:
+        source = VideoFileSource(video, sample_fps=1.0, start=LECTURE_START)
+    except SourceError as error:
+        raise DemoError(str(error)) from None
     source.close()
     return source.frame_count / source.fps
 
@@ -194,6 +198,9 @@ def main() -> int:
     except DemoError as error:
         print(f"demo: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("demo: interrupted; the broker and the aggregator were stopped", file=sys.stderr)
+        return 130
     return 0
 
 

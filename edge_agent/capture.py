@@ -137,6 +137,8 @@ class VideoFileSource:
         self.path = Path(path)
         self.description = f"video {self.path}"
         if not self.path.is_file():
+            if self.path.is_dir():
+                raise SourceError(f"{self.path} is a folder, not a video file. For photos, set [source] kind = \"images\".")
             raise SourceError(f"Video file not found: {self.path}. Check [source] uri in the config or --source.")
         self._capture = cv2.VideoCapture(str(self.path))
         if not self._capture.isOpened():
@@ -199,6 +201,8 @@ class ImageFolderSource:
         self.path = Path(path)
         self.description = f"image folder {self.path}"
         if not self.path.is_dir():
+            if self.path.is_file():
+                raise SourceError(f"{self.path} is a file, not an image folder. For a video, set [source] kind = \"video\".")
             raise SourceError(f"Image folder not found: {self.path}. Check [source] uri in the config or --source.")
         self._files = sorted(p for p in self.path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not self._files:

@@ -241,3 +241,15 @@ def test_usage_error_exit_code(capsys) -> None:
 
     assert caught.value.code == 2
     assert "invalid int value: 'not-a-number'" in capsys.readouterr().err
+
+
+def test_lecture_year_out_of_range(tmp_path, capsys):
+    from aggregator.cli import main
+
+    database = f"sqlite:///{tmp_path / 'a.db'}"
+    code = main(
+        ["lecture", "add", "--db", database, "--room", "101", "--title", "Old",
+         "--start", "0001-01-01T08:00", "--end", "0001-01-01T09:00", "--tz", "Europe/Berlin"]
+    )
+    assert code == 2
+    assert "is out of range: use a year from 1970 to 9000" in capsys.readouterr().err

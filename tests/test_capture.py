@@ -240,3 +240,13 @@ def test_resilient_source_counts_dropped_frames(tmp_path):
     assert [frame.index for frame in frames] == [0, 2]
     assert source.invalid_frames == 1
     assert source.state == "ended"
+
+
+def test_folder_given_as_video_names_the_fix(tmp_path):
+    with pytest.raises(SourceError, match='is a folder, not a video file.*kind = "images"'):
+        VideoFileSource(tmp_path, 2, START)
+
+
+def test_file_given_as_image_folder_names_the_fix():
+    with pytest.raises(SourceError, match='is a file, not an image folder.*kind = "video"'):
+        ImageFolderSource(VIDEO, 2, 1.0, START)
