@@ -13,7 +13,7 @@ INSTALL := $(PIP) install -q -c constraints.txt
 IS_PI := $(shell grep -qs 'Raspberry Pi' /proc/device-tree/model && echo yes)
 VENV_FLAGS := $(if $(IS_PI),--system-site-packages,)
 
-.PHONY: help demo test install-edge install-aggregator install-all mosquitto chromium default-model constraints clean
+.PHONY: help demo test install-edge install-aggregator install-all mosquitto chromium default-model constraints bench bench-peers clean
 
 help:
 	@echo "make demo                run the whole pipeline on the bundled video and print the lecture report"
@@ -22,6 +22,8 @@ help:
 	@echo "make install-aggregator  virtual environment for the aggregator server"
 	@echo "make install-all         virtual environment with every part, the trainer and the test tools"
 	@echo "make default-model       rebuild edge_agent/models/ from the Keras weights (trainer)"
+	@echo "make bench               run the benchmark suite and write docs/benchmarks/suite.md (about 5 minutes)"
+	@echo "make bench-peers         install the fer package in .venv-peers (about 3 GB) and compare it on that page"
 	@echo "make constraints         rewrite constraints.txt from the packages in $(VENV)"
 	@echo "make clean               remove the virtual environment and the demo's files"
 
@@ -82,6 +84,12 @@ demo: $(VENV)/.installed-demo mosquitto
 test: $(VENV)/.installed-all mosquitto chromium
 	$(BIN)/python -m pytest
 
+bench: $(VENV)/.installed-all mosquitto
+	$(BIN)/python bench/suite.py
+
+bench-peers: $(VENV)/.installed-all
+	$(BIN)/python bench/peers_fer.py
+
 default-model: $(VENV)/.installed-all
 	$(BIN)/trainer export-default
 
@@ -93,4 +101,4 @@ constraints: $(VENV)/.installed-all
 	mv constraints.txt.new constraints.txt
 
 clean:
-	rm -rf $(VENV) .demo .pytest_cache
+	rm -rf $(VENV) .venv-peers .demo .pytest_cache

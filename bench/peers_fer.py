@@ -183,7 +183,7 @@ def main() -> None:
         "fps_wall": spread([r["frames"] / r["wall_s"] for r in results]),
         "peak_rss_mib": spread([r["peak_rss_kib"] / 1024 for r in results]),
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": "python bench/peers_fer.py " + shlex.join(sys.argv[1:]),
+        "command": shlex.join(["python", "bench/peers_fer.py", *sys.argv[1:]]),
         "load_average": list(os.getloadavg()),
     }
     # Imported only now: suite loads OpenCV and the agent, which the measurement above does not need.
