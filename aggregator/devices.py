@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, case, func, select
+from sqlalchemy import Connection, case, or_, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -146,7 +146,8 @@ def upsert_window_devices(connection: Connection, windows: Sequence[ReceivedWind
     table = DeviceRow.__table__
     statement = _insert(connection)(table)
     excluded = statement.excluded
-    newer_window = excluded.last_window_end > func.coalesce(table.c.last_window_end, excluded.last_window_end)
+    # A status or stats message may have created the row without any window yet.
+    newer_window = or_(table.c.last_window_end.is_(None), excluded.last_window_end > table.c.last_window_end)
     statement = statement.on_conflict_do_update(
         index_elements=["device_id"],
         set_={

@@ -103,3 +103,18 @@ def test_ingest_fuzzed_payloads(mqtt_broker: Broker, tmp_path: Path) -> None:
     assert stats.received == sent[0] + 1
     assert stats.stored >= 1
     assert stats.rejected >= 1
+
+
+def test_room_set_when_status_came_first(db_url: str) -> None:
+    from aggregator.devices import DeviceEvent, DeviceTopic
+
+    received_at = datetime.now(UTC)
+    with Store.open(db_url) as store:
+        store.record_device_events([DeviceEvent("cam-5", DeviceTopic.STATUS, "online", received_at)])
+        store.insert_windows([ReceivedWindow(make_window("cam-5", START, {"happy": 1}), received_at)])
+        store.insert_windows([ReceivedWindow(make_window("cam-5", START - timedelta(minutes=5), {"sad": 1}), received_at)])
+        (device,) = list_devices(store)
+
+    assert device.room == "B-101"
+    assert device.status == "online"
+    assert device.last_window_end == START + timedelta(seconds=10)

@@ -169,7 +169,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from trainer.training_cli import run
 
         # Lightning's CLI reads sys.argv itself when it is the process's own command line.
-        run(None if argv is None else arguments)
+        try:
+            run(None if argv is None else arguments)
+        except (TrainerError, AgentError) as error:
+            print(f"trainer: {error}", file=sys.stderr)
+            return 1
         return 0
     options = build_parser().parse_args(arguments)
     # The converter logs every lowered op at INFO on the root logger, so only this project's

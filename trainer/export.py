@@ -42,8 +42,14 @@ class TensorInventory:
 
 
 def tool_versions() -> dict[str, str]:
-    """Return the versions of the packages that shape the exported file."""
-    return {name: importlib.metadata.version(name) for name in ("litert-torch", "torch", "torchao")}
+    """Return the versions of the packages that shape the exported file.
+
+    Local version labels such as torch's ``+cpu`` are dropped: CPU and CUDA builds of one
+    release export the same file, and the card must not change with the build installed.
+    """
+    return {
+        name: importlib.metadata.version(name).split("+")[0] for name in ("litert-torch", "torch", "torchao")
+    }
 
 
 def convert_to_int8_tflite(

@@ -234,7 +234,11 @@ def _load_layer(weights: h5py.Group, keras_name: str, target: nn.Module, weights
 def _open(weights_path: Path) -> h5py.File:
     path = Path(weights_path)
     if not path.is_file():
-        raise WeightsError(f"Weights file not found: {path}")
+        hint = "" if path.is_absolute() else (
+            f" A relative path is read from the working directory ({Path.cwd()}): run from the repository root "
+            "or give an absolute path."
+        )
+        raise WeightsError(f"Weights file not found: {path}.{hint}")
     try:
         return h5py.File(path, "r")
     except OSError as error:
