@@ -30,10 +30,12 @@ pytestmark = pytest.mark.slow
 
 def persistent_broker(directory, port):
     # Persistence keeps the aggregator's session, and the windows queued for it, across a broker restart.
-    (directory / "mosquitto-data").mkdir(exist_ok=True)
-    return start_mosquitto(
-        directory, port, f"persistence true\npersistence_location {directory / 'mosquitto-data'}/\n"
-    )
+    data = directory / "mosquitto-data"
+    data.mkdir(exist_ok=True)
+    # Started as root, mosquitto switches to the mosquitto user unless told otherwise, and that
+    # user cannot write into pytest's private temporary folder, so nothing would persist.
+    # Started as another user, mosquitto ignores the setting.
+    return start_mosquitto(directory, port, f"user root\npersistence true\npersistence_location {data}/\n")
 
 
 def start_ingest(store: Store, port: int) -> Ingest:
@@ -84,6 +86,7 @@ def test_broker_outage_loses_nothing(tmp_path):
     # A duplicate is a window resent because its PUBACK was lost in the outage; the store keeps one.
     assert ingest_stats.stored == len(starts)
     assert "Disconnected from MQTT broker" in agent.log_text()
+    assert (tmp_path / "mosquitto-data" / "mosquitto.db").exists()
 
 
 def test_sigkill_then_restart_resends(tmp_path):
