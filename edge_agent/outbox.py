@@ -86,7 +86,7 @@ class Outbox:
         if mode.lower() != "wal":
             log.warning("Outbox %s runs in %s journal mode, not WAL: the file system may not support WAL", self.path, mode)
         if self._depth:
-            log.info("Outbox %s holds %d window(s) from an earlier run; they are sent first", self.path, self._depth)
+            log.info("Outbox %s contains %d window(s) from an earlier run; they are sent first", self.path, self._depth)
 
     def add(self, window_start: str, payload: bytes) -> AddResult:
         """Store one window durably, applying the cap policy when the outbox is full."""

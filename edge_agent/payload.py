@@ -4,7 +4,7 @@ This module is the contract between the agent and the aggregator, and both impor
 It depends on pydantic only, so the aggregator can use it without the agent's
 camera and inference packages.
 
-A payload holds aggregate numbers for one device and one window: how many frames were
+A payload contains aggregate numbers for one device and one window: how many frames were
 sampled, how many face detections they held in total, and how many of those detections
 the classifier put in each emotion class. It never holds anything about an individual
 face: no image, crop, box, score or identity. When the window saw fewer people than
@@ -121,7 +121,7 @@ def parse_window(payload: bytes) -> WindowReport:
 
     Raises:
         PayloadError: the bytes are too large, not UTF-8 JSON, of an unknown schema
-            version, or fail validation. The message says which.
+            version, or fail validation. The message names the cause.
     """
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise PayloadError(f"payload is {len(payload)} bytes, the limit is {MAX_PAYLOAD_BYTES}")

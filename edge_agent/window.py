@@ -28,7 +28,7 @@ class WindowAggregator:
 
     A window with frames but fewer than ``min_faces`` faces per frame (median over its
     frames) is emitted as suppressed, without counts. Windows in which no frame was
-    sampled are not emitted; the aggregator sees them as gaps.
+    sampled are not emitted; the aggregator reports them as gaps.
     """
 
     def __init__(

@@ -32,7 +32,7 @@ def persistent_broker(directory, port):
     # Persistence keeps the aggregator's session, and the windows queued for it, across a broker restart.
     data = directory / "mosquitto-data"
     data.mkdir(exist_ok=True)
-    # Started as root, mosquitto switches to the mosquitto user unless told otherwise, and that
+    # Started as root, mosquitto switches to the mosquitto user unless its config names another, and that
     # user cannot write into pytest's private temporary folder, so nothing would persist.
     # Started as another user, mosquitto ignores the setting.
     return start_mosquitto(directory, port, f"user root\npersistence true\npersistence_location {data}/\n")
@@ -117,7 +117,7 @@ def test_sigkill_then_restart_resends(tmp_path):
     starts = stored_starts(store)
     store.close()
     assert len(set(starts)) == len(starts)
-    assert f"Outbox {outbox} holds {len(pending)} window(s) from an earlier run" in second.log_text()
+    assert f"Outbox {outbox} contains {len(pending)} window(s) from an earlier run" in second.log_text()
 
 
 def test_status_stats_pause_and_sigterm(tmp_path, mqtt_broker):

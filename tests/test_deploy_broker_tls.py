@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import os
 import shutil
@@ -20,11 +18,10 @@ import pytest
 from tests.conftest import REPO_ROOT, free_port, wait_for_port
 
 paho_client = pytest.importorskip("paho.mqtt.client")
-x509 = pytest.importorskip("cryptography.x509")
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.x509.oid import NameOID  # noqa: E402
+pytest.importorskip("cryptography.x509")
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+
+from tests.certificates import make_certificates  # noqa: E402
 
 DEPLOY_DIR = REPO_ROOT / "deploy"
 VENV_BIN = Path(sys.executable).parent
@@ -47,51 +44,6 @@ class TlsBroker:
     plain_port: int
     tls_port: int
     device_password: str
-
-
-def write_certificates(directory: Path) -> tuple[Path, Path, Path]:
-    """Write a CA and a server certificate for 127.0.0.1 signed by it; return (ca, cert, key) paths."""
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test classroom CA")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    server_cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name)
-        .public_key(server_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    ca_path = directory / "ca.pem"
-    cert_path = directory / "server.pem"
-    key_path = directory / "server.key"
-    ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    cert_path.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        server_key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return ca_path, cert_path, key_path
 
 
 def apply_broker_role(
@@ -152,7 +104,7 @@ def apply_broker_role(
 @pytest.fixture(scope="module")
 def tls_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsBroker]:
     directory = tmp_path_factory.mktemp("deploy-tls")
-    ca, cert, key = write_certificates(directory)
+    ca, cert, key = make_certificates(directory)
     plain_port = free_port()
     tls_port = free_port()
     root = apply_broker_role(directory, ca, cert, key, plain_port, tls_port)
