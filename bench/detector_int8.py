@@ -31,7 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from edge_agent.blazeface import INPUT_SIZE_PX  # noqa: E402
-from edge_agent.config import DEFAULT_BLAZEFACE_MODEL  # noqa: E402
+from edge_agent.config import BLAZEFACE_FLOAT_MODEL  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("output", type=Path, help="path of the int8 .tflite file to write")
     parser.add_argument(
-        "--model", type=Path, default=DEFAULT_BLAZEFACE_MODEL, help="float BlazeFace full-range model"
+        "--model", type=Path, default=BLAZEFACE_FLOAT_MODEL, help="float BlazeFace full-range model"
     )
     arguments = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -135,7 +135,9 @@ class Agent:
     def _load_models(self, config: AgentConfig) -> BudgetPlan:
         """Load both models, run each once on a blank frame of the largest size, and measure what they take."""
         runtime_mib = read_rss_mib()
-        width_px, height_px = config.source.max_frame_px
+        # A video file's own frame size, when smaller than max_frame_px, spares the
+        # detector the memory arenas of a larger frame that it would never see.
+        width_px, height_px = self.source.largest_frame_px
         # Filled, not zeroed, so its pages are resident before the detector is measured.
         blank = np.full((height_px, width_px, 3), 128, dtype=np.uint8)
 

@@ -169,7 +169,8 @@ class BlazeFaceModel:
     def __init__(self, model_path: Path, threads: int = 1) -> None:
         self.model_path = Path(model_path)
         self.threads = threads
-        native = load_interpreter(self.model_path, num_threads=threads)
+        # Allocated only if the model turns out not to be resizable (see _check_resizable).
+        native = load_interpreter(self.model_path, num_threads=threads, allocate=False)
         self._input = self._check_input(native)
         self._regressor, self._classifier = self._find_outputs(native, len(generate_anchor_centers()))
         self._input_lut = self._input_table()
@@ -182,6 +183,11 @@ class BlazeFaceModel:
             # Each interpreter keeps its own memory arena and packed weights, about 13 MiB
             # for the float model, so the 192x192 one is dropped until a plan needs it.
             self._interpreters.clear()
+        else:
+            try:
+                native.allocate_tensors()
+            except (ValueError, RuntimeError) as error:
+                raise ModelError(f"Cannot load {self.model_path} as a TFLite model: {error}") from None
 
     @property
     def input_dtype(self) -> np.dtype:
@@ -232,12 +238,15 @@ class BlazeFaceModel:
         return np.clip(np.round(values / scale + zero_point), -128, 127).astype(np.int8)
 
     def _check_resizable(self) -> bool:
-        """Return whether the model runs on inputs other than 192x192 (see ``resize_model_input``)."""
+        """Return whether the model's graph can take inputs other than 192x192 (see ``resize_model_input``).
+
+        Only the flatbuffer is checked here; building an interpreter for a probe shape
+        would cost its packed weights at start-up. A resized graph that the runtime then
+        cannot prepare fails in ``interpreter_for`` with a ``ModelError``.
+        """
         try:
             self._content = self.model_path.read_bytes()
-            probe = InputShape(2 * INPUT_ALIGN_PX, 3 * INPUT_ALIGN_PX)
-            self.interpreter_for(probe)
-            del self._interpreters[probe]
+            resize_model_input(self._content, InputShape(2 * INPUT_ALIGN_PX, 3 * INPUT_ALIGN_PX))
         except (ModelError, ValueError, RuntimeError) as error:
             log.info("%s runs on 192x192 inputs only: %s", self.model_path, error)
             self._content = None

@@ -65,6 +65,14 @@ def picamera_to_bgr(image: np.ndarray, pixel_format: str) -> np.ndarray:
     return np.ascontiguousarray(image[:, :, 2::-1])
 
 
+def limited_size_px(width_px: int, height_px: int, max_width_px: int, max_height_px: int) -> tuple[int, int]:
+    """Return the size that ``prepare_frame`` gives a frame of this size: scaled down to the limit, never up."""
+    scale = min(max_width_px / width_px, max_height_px / height_px)
+    if scale >= 1.0:
+        return width_px, height_px
+    return max(1, round(width_px * scale)), max(1, round(height_px * scale))
+
+
 def prepare_frame(image: np.ndarray | None, max_width_px: int, max_height_px: int) -> np.ndarray | None:
     """Return a contiguous BGR uint8 frame within the size limit, or None for a frame to drop.
 
@@ -87,9 +95,8 @@ def prepare_frame(image: np.ndarray | None, max_width_px: int, max_height_px: in
     else:
         return None
     height_px, width_px = bgr.shape[:2]
-    scale = min(max_width_px / width_px, max_height_px / height_px)
-    if scale < 1.0:
-        size = (max(1, round(width_px * scale)), max(1, round(height_px * scale)))
+    size = limited_size_px(width_px, height_px, max_width_px, max_height_px)
+    if size != (width_px, height_px):
         bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_AREA)
     return bgr
 
@@ -155,6 +162,8 @@ class VideoFileSource:
             self._capture.release()
             raise SourceError(f"Video {self.path} has no readable frame; the file is empty or corrupt.")
         self._first = first
+        # Every frame of a video file has the size of the first.
+        self.frame_size_px = (first.shape[1], first.shape[0])
         self.start = start or self._default_start()
         self._sampler = SourceTimeSampler(sample_fps)
         self._closed = False
@@ -447,6 +456,20 @@ class ResilientSource:
                 raise
             self._first_error = error
         self.description = self._current.description if self._current else f"{config.kind} {config.uri}"
+        self._frame_size_px: tuple[int, int] | None = getattr(self._current, "frame_size_px", None)
+
+    @property
+    def largest_frame_px(self) -> tuple[int, int]:
+        """Return the (width, height) of the largest frame that ``frames`` can yield.
+
+        A video file's frames all have the size of its first, scaled like ``prepare_frame``
+        does. Cameras and photo folders may deliver any size up to ``max_frame_px``.
+        """
+        max_width_px, max_height_px = self.config.max_frame_px
+        size = self._frame_size_px
+        if size is None:
+            return max_width_px, max_height_px
+        return limited_size_px(size[0], size[1], max_width_px, max_height_px)
 
     @property
     def skipped_frames(self) -> int:
@@ -520,6 +543,7 @@ class ResilientSource:
         self.reconnects += 1
         log.info("Source %s reopened (reconnect %d)", source.description, self.reconnects)
         self._current = source
+        self._frame_size_px = getattr(source, "frame_size_px", None)
         return source
 
     def _wait_after(self, failure: SourceError | None, delay_s: float) -> None:

@@ -29,7 +29,11 @@ from edge_agent.payload import DEFAULT_TOPIC_PREFIX, DEVICE_ID_PATTERN
 
 MODELS_DIR = Path(__file__).parent / "models"
 DEFAULT_EMOTION_MODEL = MODELS_DIR / "emotion_mini_xception_int8.tflite"
-DEFAULT_BLAZEFACE_MODEL = MODELS_DIR / "face_detection_full_range.tflite"
+# The published float model, and the int8 copy that bench/detector_int8.py makes of it. The
+# int8 copy is the default: it found the same faces in the detector benchmark with about 2/3
+# of the CPU time and 20 MiB less memory at 1280x720.
+BLAZEFACE_FLOAT_MODEL = MODELS_DIR / "face_detection_full_range.tflite"
+DEFAULT_BLAZEFACE_MODEL = MODELS_DIR / "face_detection_full_range_int8.tflite"
 DEFAULT_HAAR_CASCADE = MODELS_DIR / "haarcascade_frontalface_default.xml"
 DEFAULT_MAX_FRAME_WIDTH_PX = 1920
 DEFAULT_MAX_FRAME_HEIGHT_PX = 1080

@@ -35,8 +35,11 @@ def interpreter_class() -> tuple[type, str]:
         ) from None
 
 
-def load_interpreter(model_path: Path, num_threads: int = 1) -> Any:
-    """Load a .tflite file and allocate its tensors.
+def load_interpreter(model_path: Path, num_threads: int = 1, allocate: bool = True) -> Any:
+    """Load a .tflite file and, unless ``allocate`` is false, allocate its tensors.
+
+    An interpreter that is only inspected (its input and output details) need not be
+    allocated: allocation creates the memory arena and the packed weights, several MiB.
 
     Raises:
         ModelError: the file is missing or is not a valid TFLite model.
@@ -47,7 +50,8 @@ def load_interpreter(model_path: Path, num_threads: int = 1) -> Any:
     interpreter_type, package = interpreter_class()
     try:
         interpreter = interpreter_type(model_path=str(model_path), num_threads=num_threads)
-        interpreter.allocate_tensors()
+        if allocate:
+            interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as error:
         raise ModelError(f"Cannot load {model_path} as a TFLite model: {error}") from None
     log.debug("Loaded %s with %s (%d threads)", model_path, package, num_threads)

@@ -250,3 +250,22 @@ def test_folder_given_as_video_names_the_fix(tmp_path):
 def test_file_given_as_image_folder_names_the_fix():
     with pytest.raises(SourceError, match='is a file, not an image folder.*kind = "video"'):
         ImageFolderSource(VIDEO, 2, 1.0, START)
+
+
+@pytest.mark.parametrize(("limit", "expected"), [((1920, 1080), None), ((320, 320), 320)])
+def test_largest_frame_of_a_video_is_its_own_size(limit, expected):
+    config = SourceConfig(kind="video", uri=str(VIDEO), start=START, width=limit[0], height=limit[1])
+    source = ResilientSource(config)
+    frame = next(source.frames())
+    source.close()
+    height_px, width_px = frame.image.shape[:2]
+    assert source.largest_frame_px == (width_px, height_px)
+    if expected is not None:
+        assert max(width_px, height_px) == expected
+    else:
+        assert (width_px, height_px) != limit
+
+
+def test_largest_frame_of_a_photo_folder_is_the_limit():
+    config = SourceConfig(kind="images", uri=str(LABELLED_DIR), start=START, width=800, height=600)
+    assert ResilientSource(config).largest_frame_px == (800, 600)

@@ -18,7 +18,7 @@ from edge_agent.blazeface import (
     generate_anchor_centers,
     resize_model_input,
 )
-from edge_agent.config import DEFAULT_BLAZEFACE_MODEL, DetectorConfig
+from edge_agent.config import BLAZEFACE_FLOAT_MODEL, DEFAULT_BLAZEFACE_MODEL, DetectorConfig
 from edge_agent.errors import ConfigError, ModelError
 from edge_agent.faces import (
     BLAZEFACE_MAX_MODEL_FACE_PX,
@@ -180,7 +180,7 @@ def test_anchors_non_square_input():
 
 
 def test_anchors_match_model_outputs():
-    model = BlazeFaceModel(DEFAULT_BLAZEFACE_MODEL)
+    model = BlazeFaceModel(BLAZEFACE_FLOAT_MODEL)
     for height_px, width_px in [(192, 192), (96, 320)]:
         black = np.full((height_px, width_px, 3), -1.0, dtype=np.float32)
         regressors, logits = model.invoke(black)
@@ -198,7 +198,7 @@ def test_decode_boxes_offsets_from_anchor():
 
 def test_resized_input_finds_same_face():
     """A face in a 192x192 input is found at the same place when the input is a larger canvas."""
-    model = BlazeFaceModel(DEFAULT_BLAZEFACE_MODEL)
+    model = BlazeFaceModel(BLAZEFACE_FLOAT_MODEL)
     assert model.resizable
     face = cv2.cvtColor(read_image(MEDIA_DIR / "single_face.jpg"), cv2.COLOR_BGR2RGB)
     small = cv2.resize(face, (INPUT_SIZE_PX, INPUT_SIZE_PX), interpolation=cv2.INTER_AREA)
@@ -216,7 +216,7 @@ def test_resized_input_finds_same_face():
 
 
 def test_resize_rejects_unaligned_shape():
-    content = DEFAULT_BLAZEFACE_MODEL.read_bytes()
+    content = BLAZEFACE_FLOAT_MODEL.read_bytes()
     with pytest.raises(ValueError, match="multiple of 32"):
         resize_model_input(content, InputShape(100, 192))
 
@@ -497,13 +497,29 @@ def test_merge_keeps_separate_faces():
 
 @pytest.fixture(scope="module")
 def int8_model_path(tmp_path_factory):
-    """An int8 copy of the bundled BlazeFace model, made by bench/detector_int8.py."""
+    """An int8 copy of the float BlazeFace model, made now by bench/detector_int8.py."""
     spec = importlib.util.spec_from_file_location("detector_int8", REPO_ROOT / "bench" / "detector_int8.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     output = tmp_path_factory.mktemp("int8") / "face_detection_full_range_int8.tflite"
-    module.quantize(DEFAULT_BLAZEFACE_MODEL, output)
+    module.quantize(BLAZEFACE_FLOAT_MODEL, output)
     return output
+
+
+@pytest.mark.slow
+def test_bundled_int8_model_is_reproducible(int8_model_path):
+    """The default detector file is what bench/detector_int8.py makes from the float model."""
+    assert int8_model_path.read_bytes() == DEFAULT_BLAZEFACE_MODEL.read_bytes(), (
+        "edge_agent/models/face_detection_full_range_int8.tflite differs from a fresh quantization: "
+        "run python bench/detector_int8.py edge_agent/models/face_detection_full_range_int8.tflite"
+    )
+
+
+def test_default_detector_is_int8():
+    detector = create_detector(DetectorConfig())
+    assert detector.model.model_path == DEFAULT_BLAZEFACE_MODEL
+    assert detector.model.input_dtype == np.int8
+    assert detector.model.resizable
 
 
 @pytest.mark.slow
