@@ -19,9 +19,16 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SOURCE_VIDEO = REPO_ROOT / "data" / "media" / "WolfgangLanger_Pexels.mp4"
 
 
-def scaled_video(width_px: int, height_px: int, directory: Path, repeats: int = 1) -> Path:
-    """Write the bundled 640x360 clip scaled to the given size (MJPEG AVI), ``repeats`` times in a row."""
-    path = directory / f"clip-{width_px}x{height_px}-x{repeats}.avi"
+def scaled_video(
+    width_px: int, height_px: int, directory: Path, repeats: int = 1, fps: float | None = None
+) -> Path:
+    """Write the bundled 640x360 clip scaled to the given size (MJPEG AVI), ``repeats`` times in a row.
+
+    With ``fps`` below the clip's own rate (about 30), frames are dropped so that the file
+    plays at ``fps`` over the same duration, as a camera set to that rate would deliver it.
+    """
+    suffix = f"-{fps:g}fps" if fps else ""
+    path = directory / f"clip-{width_px}x{height_px}-x{repeats}{suffix}.avi"
     if path.exists():
         return path
     writer = None
@@ -29,14 +36,21 @@ def scaled_video(width_px: int, height_px: int, directory: Path, repeats: int = 
     # and with it the peak RSS that forked agent processes inherit in ru_maxrss.
     for _ in range(repeats):
         reader = cv2.VideoCapture(str(SOURCE_VIDEO))
+        source_fps = reader.get(cv2.CAP_PROP_FPS)
+        output_fps = min(fps, source_fps) if fps else source_fps
         if writer is None:
             fourcc = cv2.VideoWriter_fourcc(*"MJPG")
-            writer = cv2.VideoWriter(str(path), fourcc, reader.get(cv2.CAP_PROP_FPS), (width_px, height_px))
+            writer = cv2.VideoWriter(str(path), fourcc, output_fps, (width_px, height_px))
+        index = written = 0
         while True:
             ok, frame = reader.read()
             if not ok:
                 break
-            writer.write(cv2.resize(frame, (width_px, height_px), interpolation=cv2.INTER_LINEAR))
+            # Keep a frame when the output timeline has reached its source time.
+            if written <= index * output_fps / source_fps + 1e-6:
+                writer.write(cv2.resize(frame, (width_px, height_px), interpolation=cv2.INTER_LINEAR))
+                written += 1
+            index += 1
         reader.release()
     writer.release()
     return path

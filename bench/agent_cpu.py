@@ -1,13 +1,16 @@
 """CPU time of the whole agent per sampled 1920x1080 frame, with classroom-scale detection.
 
-Usage: python bench/agent_cpu.py [--repeats N]
+Usage: python bench/agent_cpu.py [--repeats N] [--capture-fps F]
 
 Runs the agent twice on the bundled clip scaled to 1920x1080 (MJPEG), once on one copy
 and once on 1 + N copies in a row, with the default detector (BlazeFace, min_face_px 20)
 and sampling (2 frames/s). The difference of the two runs' CPU times (user + system)
 divided by the difference of their analysed frames removes start-up, so the result is
 the steady cost per sampled frame: decoding, detection, classification and publishing.
-Decoding here is MJPEG of every frame, including those not sampled.
+Decoding here is MJPEG of every frame, including those not sampled (OpenCV's FFmpeg
+``grab`` decodes). ``--capture-fps F`` writes the clip at F frames/s over the same
+duration, as a camera set to ``capture_fps = F`` delivers it, so fewer frames are decoded
+per sampled frame.
 """
 
 from __future__ import annotations
@@ -30,10 +33,13 @@ def config_text(video, port: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2, help="extra copies of the clip in the long run")
+    parser.add_argument(
+        "--capture-fps", type=float, default=None, help="frame rate of the clip (default: its own, about 30)"
+    )
     args = parser.parse_args()
     directory = work_dir()
-    short_video = scaled_video(1920, 1080, directory, repeats=1)
-    long_video = scaled_video(1920, 1080, directory, repeats=1 + args.repeats)
+    short_video = scaled_video(1920, 1080, directory, repeats=1, fps=args.capture_fps)
+    long_video = scaled_video(1920, 1080, directory, repeats=1 + args.repeats, fps=args.capture_fps)
     broker = start_broker(directory)
     try:
         short = run_agent(config_text(short_video, broker.port), directory, "short", ("--start", "2026-03-02T09:00:00+00:00"))

@@ -346,7 +346,9 @@ class LiveSource:
 class OpenCVCameraSource(LiveSource):
     """A V4L2/USB camera by index, or an RTSP/HTTP stream by URL, read with OpenCV."""
 
-    def __init__(self, uri: str, sample_fps: float, width: int | None, height: int | None) -> None:
+    def __init__(
+        self, uri: str, sample_fps: float, width: int | None, height: int | None, capture_fps: float | None = None
+    ) -> None:
         super().__init__(sample_fps)
         target: int | str = int(uri) if uri.isdigit() else uri
         self.description = f"camera {uri}"
@@ -359,6 +361,13 @@ class OpenCVCameraSource(LiveSource):
         if width and height:
             self._capture.set(cv2.CAP_PROP_FRAME_WIDTH, width)
             self._capture.set(cv2.CAP_PROP_FRAME_HEIGHT, height)
+        # Only a local device takes a frame rate; a stream or file keeps its own.
+        if capture_fps is not None and isinstance(target, int):
+            self._capture.set(cv2.CAP_PROP_FPS, capture_fps)
+            log.info(
+                "Camera %s: asked for %.1f frames/s, it reports %.1f",
+                uri, capture_fps, self._capture.get(cv2.CAP_PROP_FPS),
+            )
 
     def _read_one(self) -> np.ndarray | None:
         ok, image = self._capture.read()
@@ -372,7 +381,12 @@ class PiCamera2Source(LiveSource):
     """The Raspberry Pi camera through picamera2, imported only when this source is used."""
 
     def __init__(
-        self, sample_fps: float, width: int | None, height: int | None, pixel_format: str = "RGB888"
+        self,
+        sample_fps: float,
+        width: int | None,
+        height: int | None,
+        pixel_format: str = "RGB888",
+        capture_fps: float | None = None,
     ) -> None:
         super().__init__(sample_fps)
         self.description = "picamera2"
@@ -387,7 +401,16 @@ class PiCamera2Source(LiveSource):
         try:
             self._camera = Picamera2()
             size = (width or 1280, height or 720)
-            config = self._camera.create_video_configuration(main={"size": size, "format": pixel_format})
+            controls = {}
+            if capture_fps is not None:
+                frame_us = round(1_000_000 / capture_fps)
+                # Equal limits fix the frame rate; exposure can then last up to one frame.
+                controls["FrameDurationLimits"] = (frame_us, frame_us)
+            # Three buffers: one being filled, one queued, one read. picamera2's video default
+            # of six holds three more frames (8 MiB at 1280x720) that latest-frame sampling drops.
+            config = self._camera.create_video_configuration(
+                main={"size": size, "format": pixel_format}, controls=controls, buffer_count=3
+            )
             self._camera.configure(config)
             self._camera.start()
         except (RuntimeError, IndexError, OSError) as error:
@@ -411,9 +434,11 @@ def open_source(config: SourceConfig) -> FrameSource:
     if config.kind == "images":
         return ImageFolderSource(Path(config.uri), config.sample_fps, config.image_interval_s, config.start)
     if config.kind == "camera":
-        return OpenCVCameraSource(config.uri, config.sample_fps, config.width, config.height)
+        return OpenCVCameraSource(config.uri, config.sample_fps, config.width, config.height, config.camera_fps)
     if config.kind == "picamera2":
-        return PiCamera2Source(config.sample_fps, config.width, config.height, config.pixel_format)
+        return PiCamera2Source(
+            config.sample_fps, config.width, config.height, config.pixel_format, config.camera_fps
+        )
     raise SourceError(f"Unknown source kind {config.kind!r}: use video, images, camera or picamera2.")
 
 

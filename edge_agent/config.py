@@ -38,6 +38,10 @@ DEFAULT_HAAR_CASCADE = MODELS_DIR / "haarcascade_frontalface_default.xml"
 DEFAULT_MAX_FRAME_WIDTH_PX = 1920
 DEFAULT_MAX_FRAME_HEIGHT_PX = 1080
 DEFAULT_BUDGET_MIB = 256
+# Bounds of the default camera frame rate. Most USB (UVC) cameras offer 5 frames/s and
+# more; 30 is the usual maximum, and the rate most cameras run at when not asked.
+MIN_DEFAULT_CAPTURE_FPS = 5.0
+MAX_DEFAULT_CAPTURE_FPS = 30.0
 
 
 class _Section(BaseModel):
@@ -79,6 +83,14 @@ class SourceConfig(_Section):
         le=4320,
         description="Requested camera height in pixels, and the largest frame height processed. Default: 1080.",
     )
+    capture_fps: float | None = Field(
+        default=None,
+        gt=0,
+        le=120,
+        description="Frame rate requested from a V4L2/USB camera or the Pi camera. Every captured frame is "
+        "decoded or copied, sampled or not, so a rate near sample_fps saves CPU. Default: twice sample_fps, "
+        "at least 5 and at most 30. Streams (rtsp, http) and files keep their own rate.",
+    )
     pixel_format: Literal["RGB888", "BGR888", "XRGB8888", "XBGR8888"] = Field(
         default="RGB888",
         description="picamera2 main stream format. RGB888 and XRGB8888 arrive in BGR byte order; "
@@ -101,6 +113,13 @@ class SourceConfig(_Section):
         return "reconnect" if self.kind in ("camera", "picamera2") else "stop"
 
     @property
+    def camera_fps(self) -> float:
+        """Frame rate to request from a camera: ``capture_fps``, or twice ``sample_fps`` within 5 to 30."""
+        if self.capture_fps is not None:
+            return self.capture_fps
+        return min(MAX_DEFAULT_CAPTURE_FPS, max(MIN_DEFAULT_CAPTURE_FPS, 2 * self.sample_fps))
+
+    @property
     def max_frame_px(self) -> tuple[int, int]:
         """Largest (width, height) the agent processes; the RAM budget counts frames of this size."""
         return (self.width or DEFAULT_MAX_FRAME_WIDTH_PX, self.height or DEFAULT_MAX_FRAME_HEIGHT_PX)
@@ -111,6 +130,11 @@ class SourceConfig(_Section):
             raise ValueError(
                 f"on_loss = 'reconnect' applies to live sources only; a {self.kind} source would replay its "
                 "timeline again. Use kind = 'camera' for a stream, or on_loss = 'stop'"
+            )
+        if self.capture_fps is not None and self.capture_fps < self.sample_fps:
+            raise ValueError(
+                f"capture_fps ({self.capture_fps}) is below sample_fps ({self.sample_fps}): the camera would "
+                "deliver fewer frames than the agent samples. Raise capture_fps or lower sample_fps"
             )
         if self.reconnect_max_s < self.reconnect_min_s:
             raise ValueError(

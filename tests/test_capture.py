@@ -1,3 +1,4 @@
+import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -269,3 +270,34 @@ def test_largest_frame_of_a_video_is_its_own_size(limit, expected):
 def test_largest_frame_of_a_photo_folder_is_the_limit():
     config = SourceConfig(kind="images", uri=str(LABELLED_DIR), start=START, width=800, height=600)
     assert ResilientSource(config).largest_frame_px == (800, 600)
+
+
+class FakePicamera2:
+    """Records what PiCamera2Source asks of picamera2; no camera is needed."""
+
+    configurations: list = []
+
+    def create_video_configuration(self, **arguments):
+        return arguments
+
+    def configure(self, configuration):
+        FakePicamera2.configurations.append(configuration)
+
+    def start(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_pi_camera_runs_at_the_capture_rate(monkeypatch):
+    module = type(sys)("picamera2")
+    module.Picamera2 = FakePicamera2
+    monkeypatch.setitem(sys.modules, "picamera2", module)
+    FakePicamera2.configurations.clear()
+    config = SourceConfig(kind="picamera2", sample_fps=2.0, width=1280, height=720)
+    open_source(config).close()
+    (configuration,) = FakePicamera2.configurations
+    assert configuration["controls"]["FrameDurationLimits"] == (200_000, 200_000)
+    assert configuration["main"] == {"size": (1280, 720), "format": "RGB888"}
+    assert configuration["buffer_count"] == 3

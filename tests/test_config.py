@@ -62,6 +62,8 @@ def test_camera_uri_is_not_a_path(tmp_path):
         (MINIMAL + "[source]\nreconnect_min_s = 10\nreconnect_max_s = 5\n", ["reconnect_max_s (5.0) is below"]),
         (MINIMAL + '[source]\npixel_format = "YUV420"\n', ["source.pixel_format = 'YUV420'"]),
         (MINIMAL + '[source]\non_loss = "retry"\n', ["source.on_loss = 'retry'"]),
+        (MINIMAL + "[source]\nsample_fps = 4\ncapture_fps = 2\n", ["capture_fps (2.0) is below sample_fps (4.0)"]),
+        (MINIMAL + "[source]\ncapture_fps = 0\n", ["source.capture_fps = 0"]),
     ],
 )
 def test_invalid_setting_names_key_value_and_fix(tmp_path, text, expected):
@@ -156,3 +158,12 @@ def test_check_config_missing_video(tmp_path, capsys):
 def test_check_config_prints_memory_limits(tmp_path, capsys):
     assert main(["check-config", str(write(tmp_path, MINIMAL + "budget_mib = 200\n"))]) == 0
     assert "MemoryHigh=200M MemoryMax=250M" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected_fps"),
+    [("", 5.0), ("sample_fps = 4\n", 8.0), ("sample_fps = 25\n", 30.0), ("capture_fps = 12\n", 12.0)],
+)
+def test_camera_frame_rate_follows_sampling(tmp_path, settings, expected_fps):
+    config = load_config(write(tmp_path, MINIMAL + "[source]\n" + settings))
+    assert config.source.camera_fps == expected_fps
