@@ -30,6 +30,9 @@ LECTURE_START = datetime.fromisoformat("2026-03-02T09:00:00+00:00")
 ROOM = "demo-room"
 READY_TIMEOUT_S = 30.0
 STORE_TIMEOUT_S = 30.0
+# Marks a work folder as the demo's own, so that the next run may empty it.
+WORK_DIR_MARKER = ".classroom-emotion-demo"
+DEMO_FILE_PREFIXES = ("aggregator.", "agent-", "mosquitto.", "notify.sock", WORK_DIR_MARKER)
 
 
 class DemoError(Exception):
@@ -71,19 +74,26 @@ def start_aggregator(work_dir: Path, db_url: str, port: int) -> subprocess.Popen
     notify_path = work_dir / "notify.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify_socket:
         notify_socket.bind(str(notify_path))
-        notify_socket.settimeout(READY_TIMEOUT_S)
         environment = dict(os.environ, NOTIFY_SOCKET=str(notify_path))
         log_file = (work_dir / "aggregator.log").open("w")
         command = [tool("aggregator"), "run", "--db", db_url, "--host", "127.0.0.1", "--port", str(port)]
         aggregator = subprocess.Popen(command, env=environment, stdout=log_file, stderr=subprocess.STDOUT)
-        try:
-            while notify_socket.recv(256) != b"READY=1":
+        # Short waits, so that an aggregator that exits at start is noticed at once.
+        notify_socket.settimeout(0.2)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            try:
+                if notify_socket.recv(256) == b"READY=1":
+                    return aggregator
+            except TimeoutError:
                 pass
-        except TimeoutError:
-            aggregator.terminate()
-            raise DemoError(f"the aggregator did not subscribe within {READY_TIMEOUT_S} s; "
-                            f"see {work_dir / 'aggregator.log'}") from None
-    return aggregator
+            if aggregator.poll() is not None:
+                raise DemoError(f"the aggregator exited at start (exit {aggregator.returncode}); "
+                                f"see {work_dir / 'aggregator.log'}")
+            if time.monotonic() > deadline:
+                aggregator.terminate()
+                raise DemoError(f"the aggregator did not subscribe within {READY_TIMEOUT_S} s; "
+                                f"see {work_dir / 'aggregator.log'}")
 
 
 def tool(name: str) -> str:
@@ -136,11 +146,31 @@ def stop(process: subprocess.Popen | None) -> None:
         process.wait()
 
 
+def prepare_work_dir(work_dir: Path) -> None:
+    """Empty a work folder that an earlier demo made, or create a new one.
+
+    A folder that holds anything else is refused, never emptied: ``--work-dir`` may have
+    been given a folder with the user's own files.
+    """
+    if work_dir.exists():
+        if not work_dir.is_dir():
+            raise DemoError(f"--work-dir {work_dir} is a file: give a folder the demo may create")
+        names = [entry.name for entry in work_dir.iterdir()]
+        # Folders of demo versions before the marker hold only the demo's own files.
+        if (work_dir / WORK_DIR_MARKER).is_file() or (names and all(name.startswith(DEMO_FILE_PREFIXES) for name in names)):
+            shutil.rmtree(work_dir)
+        elif names:
+            raise DemoError(
+                f"--work-dir {work_dir} is not empty and was not made by the demo: give a new or empty "
+                "folder, or leave out --work-dir"
+            )
+    work_dir.mkdir(parents=True, exist_ok=True)
+    (work_dir / WORK_DIR_MARKER).write_text("Made by demo/run_demo.py, which empties this folder on its next run.\n")
+
+
 def run_demo(work_dir: Path, video: Path) -> str:
     """Run the pipeline and return the report text."""
-    if work_dir.exists():
-        shutil.rmtree(work_dir)
-    work_dir.mkdir(parents=True)
+    prepare_work_dir(work_dir)
     db_url = f"sqlite:///{work_dir / 'aggregator.db'}"
     port = free_port()
     broker = aggregator = None

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from edge_agent.config import SourceConfig
-from edge_agent.errors import SourceError
+from edge_agent.errors import SourceError, SourceSetupError
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,10 @@ class SourceTimeSampler:
         return True
 
 
+# Frames a video may fall short of its declared count without a warning.
+END_TOLERANCE_FRAMES = 2
+
+
 class VideoFileSource:
     """A recorded video replayed on its own timeline."""
 
@@ -190,6 +194,13 @@ class VideoFileSource:
                     yield Frame(image, self.start + timedelta(seconds=position_s), index)
             index += 1
         self._capture.release()
+        # The container's frame count can be off by a frame or two at the end.
+        if not self._closed and index < self.frame_count - END_TOLERANCE_FRAMES:
+            log.warning(
+                "Video %s ended after frame %d of the %d it declares: the rest cannot be read, so the file is "
+                "truncated or corrupt. Windows after %s are missing; re-copy or re-encode the file.",
+                self.path, index, self.frame_count, (self.start + timedelta(seconds=index / self.fps)).isoformat(),
+            )
 
     def _retrieve(self, index: int) -> np.ndarray | None:
         # grab() only demuxes; decoding in retrieve() is skipped for frames not sampled.
@@ -394,7 +405,7 @@ class PiCamera2Source(LiveSource):
         try:
             from picamera2 import Picamera2
         except ImportError:
-            raise SourceError(
+            raise SourceSetupError(
                 "picamera2 is not installed. On Raspberry Pi OS run 'sudo apt install python3-picamera2' "
                 "and create the virtual environment with --system-site-packages."
             ) from None
@@ -477,7 +488,7 @@ class ResilientSource:
         try:
             self._current = self._opener(config)
         except SourceError as error:
-            if self.policy == "stop":
+            if self.policy == "stop" or isinstance(error, SourceSetupError):
                 raise
             self._first_error = error
         self.description = self._current.description if self._current else f"{config.kind} {config.uri}"

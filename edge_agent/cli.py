@@ -24,6 +24,7 @@ log = logging.getLogger("edge_agent")
 EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
 DEFAULT_UNIT_CONFIG_PATH = "/etc/edge-agent/agent.toml"
+DEFAULT_UNIT_EXECUTABLE = "/opt/classroom-emotion-stats/.venv/bin/edge-agent"
 UNIT_TEMPLATE = Path(__file__).resolve().parent.parent / "systemd" / "edge-agent.service"
 
 
@@ -37,6 +38,12 @@ def _parse_start(text: str) -> str:
     if moment.tzinfo is None:
         raise argparse.ArgumentTypeError(
             f"start time {text!r} has no UTC offset: add one, for example {text}+00:00"
+        )
+    from edge_agent.config import MAX_START_YEAR, MIN_START_YEAR
+
+    if not MIN_START_YEAR <= moment.year <= MAX_START_YEAR:
+        raise argparse.ArgumentTypeError(
+            f"start time {text!r} is out of range: use a year from {MIN_START_YEAR} to {MAX_START_YEAR}"
         )
     return moment.isoformat()
 
@@ -79,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_UNIT_CONFIG_PATH,
         help=f"config path written into ExecStart (default {DEFAULT_UNIT_CONFIG_PATH})",
     )
+    unit.add_argument(
+        "--exec",
+        dest="executable",
+        help="edge-agent program written into ExecStart (default: the one beside this Python)",
+    )
     return parser
 
 
@@ -88,6 +100,8 @@ def _overrides(args: argparse.Namespace) -> dict:
         source["uri"] = args.source
     if args.source_kind is not None:
         source["kind"] = args.source_kind
+        # The config's loss policy was chosen for its own kind; the new kind gets its default.
+        source["on_loss"] = None
     if args.start is not None:
         source["start"] = args.start
     mqtt: dict = {}
@@ -106,12 +120,25 @@ def _run(args: argparse.Namespace) -> int:
     from edge_agent.agent import Agent
     from edge_agent.config import load_config
 
+    if args.summary_json is not None:
+        # Checked before the run, whose totals would otherwise be lost at its end.
+        if args.summary_json.is_dir():
+            raise ConfigError(f"--summary-json {args.summary_json} is a folder: give a file path inside it")
+        if not args.summary_json.parent.is_dir():
+            raise ConfigError(
+                f"--summary-json {args.summary_json}: folder {args.summary_json.parent} does not exist; create it first"
+            )
     overrides = _overrides(args)
     uri = overrides.get("source", {}).get("uri")
     if uri is not None and not uri.isdigit() and "://" not in uri:
         # A path given on the command line is relative to the working directory, not to the config.
         overrides["source"]["uri"] = str(Path(uri).resolve())
     config = load_config(args.config, overrides)
+    if args.source is not None and config.source.kind == "picamera2":
+        raise ConfigError(
+            f"--source {args.source} is ignored by the Pi camera ([source] kind = 'picamera2'): add --source-kind "
+            "video for a file, images for a folder, or camera for a device index or stream URL"
+        )
     agent = Agent(config)
 
     def request_stop(signum: int, frame: object) -> None:
@@ -174,8 +201,21 @@ def _check_config(path: Path) -> int:
     for key, model in models:
         if not Path(model).is_file():
             problems.append(f"  {key} = '{model}': file not found; fix the path")
-    if config.source.kind in ("video", "images") and not Path(config.source.uri).exists():
+    if Path(config.classifier.model).is_file():
+        from edge_agent.errors import ModelError
+        from edge_agent.model_card import load_model_card
+
+        try:
+            load_model_card(config.classifier.model)
+        except ModelError as error:
+            problems.append(f"  classifier.model: {error}")
+    uri = Path(config.source.uri)
+    if config.source.kind in ("video", "images") and not uri.exists():
         problems.append(f"  source.uri = '{config.source.uri}': not found; fix the path")
+    elif config.source.kind == "video" and uri.is_dir():
+        problems.append(f"  source.uri = '{config.source.uri}' is a folder: for photos set source.kind = \"images\"")
+    elif config.source.kind == "images" and uri.is_file():
+        problems.append(f"  source.uri = '{config.source.uri}' is a file: for a video set source.kind = \"video\"")
     for check in (check_tls_files, read_password):
         try:
             check(config.mqtt)
@@ -214,10 +254,23 @@ def _nearest_existing_dir(path: Path) -> Path:
     return path
 
 
-def render_unit(budget_mib: int, config_path: str) -> str:
-    """Return the systemd unit with MemoryHigh and MemoryMax set from ``budget_mib``."""
+def systemd_quote(argument: str) -> str:
+    """Quote one ExecStart argument: systemd splits on spaces and expands % specifiers and $ variables."""
+    escaped = argument.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$")
+    return f'"{escaped}"' if escaped != argument or " " in argument or not argument else argument
+
+
+def render_unit(budget_mib: int, config_path: str, executable: str = DEFAULT_UNIT_EXECUTABLE) -> str:
+    """Return the systemd unit with MemoryHigh and MemoryMax set from ``budget_mib``.
+
+    Raises:
+        ConfigError: ``config_path`` or ``executable`` is not an absolute path.
+    """
     from edge_agent.budget import memory_max_mib
 
+    for option, value in (("--config-path", config_path), ("--exec", executable)):
+        if not value.startswith("/"):
+            raise ConfigError(f"{option} {value!r} is relative: systemd needs an absolute path, such as /{value}")
     text = UNIT_TEMPLATE.read_text(encoding="utf-8")
     lines = []
     for line in text.splitlines():
@@ -226,16 +279,19 @@ def render_unit(budget_mib: int, config_path: str) -> str:
         elif line.startswith("MemoryMax="):
             line = f"MemoryMax={memory_max_mib(budget_mib)}M"
         elif line.startswith("ExecStart="):
-            line = line.replace(DEFAULT_UNIT_CONFIG_PATH, config_path)
+            line = line.replace(DEFAULT_UNIT_CONFIG_PATH, systemd_quote(config_path))
+            line = line.replace(DEFAULT_UNIT_EXECUTABLE, systemd_quote(executable))
         lines.append(line)
     return "\n".join(lines) + "\n"
 
 
-def _print_unit(path: Path, config_path: str) -> int:
+def _print_unit(path: Path, config_path: str, executable: str | None) -> int:
     from edge_agent.config import load_config
 
     config = load_config(path)
-    print(render_unit(config.budget_mib, config_path), end="")
+    # sys.executable is the venv's python, possibly a link to the system one: not resolved.
+    program = executable or str(Path(sys.executable).absolute().parent / "edge-agent")
+    print(render_unit(config.budget_mib, config_path, program), end="")
     return 0
 
 
@@ -251,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "check-config":
             return _check_config(args.config)
         if args.command == "systemd-unit":
-            return _print_unit(args.config, args.config_path)
+            return _print_unit(args.config, args.config_path, args.executable)
         if args.command == "schema":
             from edge_agent.payload import json_schema
 

@@ -41,6 +41,10 @@ DEFAULT_BUDGET_MIB = 256
 # Bounds of the default camera frame rate. Most USB (UVC) cameras offer 5 frames/s and
 # more; 30 is the usual maximum, and the rate most cameras run at when not asked.
 MIN_DEFAULT_CAPTURE_FPS = 5.0
+# Window times are written with four-digit years and converted to UTC; a start far outside
+# these years overflows or makes payloads that the aggregator rejects.
+MIN_START_YEAR = 1970
+MAX_START_YEAR = 9000
 MAX_DEFAULT_CAPTURE_FPS = 30.0
 
 
@@ -130,6 +134,10 @@ class SourceConfig(_Section):
             raise ValueError(
                 f"on_loss = 'reconnect' applies to live sources only; a {self.kind} source would replay its "
                 "timeline again. Use kind = 'camera' for a stream, or on_loss = 'stop'"
+            )
+        if self.start is not None and not MIN_START_YEAR <= self.start.year <= MAX_START_YEAR:
+            raise ValueError(
+                f"start {self.start.isoformat()} is out of range: use a year from {MIN_START_YEAR} to {MAX_START_YEAR}"
             )
         if self.capture_fps is not None and self.capture_fps < self.sample_fps:
             raise ValueError(
@@ -323,7 +331,13 @@ def load_config(path: Path, overrides: dict | None = None) -> AgentConfig:
 
     for section, values in (overrides or {}).items():
         if isinstance(values, dict):
-            data.setdefault(section, {}).update(values)
+            existing = data.setdefault(section, {})
+            if not isinstance(existing, dict):
+                raise ConfigError(
+                    f"{path}: {section} = {existing!r} is a single value, but {section} is a section: "
+                    f"write it as a [{section}] table"
+                )
+            existing.update(values)
         else:
             data[section] = values
 

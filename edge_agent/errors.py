@@ -29,6 +29,10 @@ class SourceError(AgentError):
     """A frame source cannot be opened or read."""
 
 
+class SourceSetupError(SourceError):
+    """A source that no retry can open, such as a camera library that is not installed."""
+
+
 class BrokerError(AgentError):
     """The MQTT broker is unreachable or refused the connection."""
 

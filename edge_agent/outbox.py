@@ -41,6 +41,8 @@ CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NU
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
+OUTBOX_TABLES = {"windows", "counters", "state"}
+
 
 @dataclass(frozen=True, slots=True)
 class OutboxEntry:
@@ -73,6 +75,13 @@ class Outbox:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: autocommit, with explicit BEGIN where several statements belong together.
             self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+            foreign = self._foreign_schema()
+            if foreign:
+                self._db.close()
+                raise OutboxError(
+                    f"{self.path} is not an edge agent outbox ({foreign}); it was left unchanged. "
+                    "Give the outbox a file of its own: [outbox] path in the config or --outbox."
+                )
             mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute(f"PRAGMA cache_size=-{PAGE_CACHE_KIB}")
@@ -87,6 +96,18 @@ class Outbox:
             log.warning("Outbox %s runs in %s journal mode, not WAL: the file system may not support WAL", self.path, mode)
         if self._depth:
             log.info("Outbox %s contains %d window(s) from an earlier run; they are sent first", self.path, self._depth)
+
+    def _foreign_schema(self) -> str:
+        """Describe what in an existing database file is not the outbox's schema, or return ""."""
+        tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        other = sorted(tables - OUTBOX_TABLES - {"sqlite_sequence"})
+        if other:
+            return f"it has the tables {', '.join(other)}"
+        if "windows" in tables:
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(windows)")}
+            if not {"id", "window_start", "payload"} <= columns:
+                return f"its windows table has the columns {', '.join(sorted(columns))}"
+        return ""
 
     def add(self, window_start: str, payload: bytes) -> AddResult:
         """Store one window durably, applying the cap policy when the outbox is full."""

@@ -105,11 +105,33 @@ def read_password(config: MqttConfig) -> str | None:
 
 
 def check_tls_files(config: MqttConfig) -> None:
-    """Raise ``ConfigError`` when a configured CA, certificate or key file is missing."""
+    """Raise ``ConfigError`` when a configured CA, certificate or key file is missing or cannot be loaded."""
     for key in ("ca_file", "cert_file", "key_file"):
         path = getattr(config, key)
-        if path is not None and not Path(path).is_file():
+        if path is None:
+            continue
+        if Path(path).is_dir():
+            raise ConfigError(f"mqtt.{key} {path} is a folder: give the PEM file inside it")
+        if not Path(path).is_file():
             raise ConfigError(f"mqtt.{key} {path} not found: fix the path or remove the setting")
+    # Loading them here reports a wrong file by name before any connection is tried.
+    context = ssl.create_default_context()
+    if config.ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=str(config.ca_file))
+        except (ssl.SSLError, OSError, ValueError) as error:
+            raise ConfigError(
+                f"mqtt.ca_file {config.ca_file} holds no readable CA certificate ({error}): give the broker's CA "
+                "certificate in PEM format"
+            ) from None
+    if config.cert_file is not None:
+        try:
+            context.load_cert_chain(certfile=str(config.cert_file), keyfile=str(config.key_file))
+        except (ssl.SSLError, OSError, ValueError) as error:
+            raise ConfigError(
+                f"mqtt.cert_file {config.cert_file} and key_file {config.key_file} cannot be loaded ({error}): "
+                "give PEM files whose key matches the certificate, without a passphrase"
+            ) from None
 
 
 class WindowPublisher:

@@ -128,3 +128,48 @@ def test_start_without_offset(tmp_path, capsys):
         main(["run", "--config", str(write_config(tmp_path, 1883)), "--start", "2026-03-02T08:00:00"])
     assert exit_info.value.code == 2
     assert "has no UTC offset" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("start", ["0026-03-02T08:15:00+01:00", "9999-12-31T23:59:59+00:00", "0001-01-01T00:00:00+14:00"])
+def test_start_out_of_range(tmp_path, capsys, start):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--config", str(write_config(tmp_path, 1883)), "--start", start])
+    assert exit_info.value.code == 2
+    assert "use a year from 1970 to 9000" in capsys.readouterr().err
+
+
+def test_summary_path_checked_before_the_run(tmp_path, capsys):
+    config = write_config(tmp_path, 1883)
+    assert main(["run", "--config", str(config), "--summary-json", str(tmp_path)]) == 2
+    assert "is a folder: give a file path inside it" in capsys.readouterr().err
+    assert main(["run", "--config", str(config), "--summary-json", str(tmp_path / "absent" / "s.json")]) == 2
+    assert "does not exist; create it first" in capsys.readouterr().err
+
+
+def pi_camera_config(tmp_path: Path, port: int) -> Path:
+    config = tmp_path / "pi.toml"
+    config.write_text(
+        'device_id = "pi-test"\nroom = "101"\nbudget_mib = 2048\n'
+        '[source]\nkind = "picamera2"\non_loss = "reconnect"\nsample_fps = 5.0\n'
+        f'[window]\nmin_faces = 1\n[mqtt]\nhost = "127.0.0.1"\nport = {port}\nconnect_timeout_s = 3.0\n'
+    )
+    return config
+
+
+def test_source_path_with_pi_camera_config_names_the_fix(tmp_path, capsys):
+    assert run_agent(pi_camera_config(tmp_path, 1883), "--source", str(VIDEO)) == 2
+    assert "add --source-kind video for a file" in capsys.readouterr().err
+
+
+def test_missing_picamera2_stops_the_agent_at_start(tmp_path, capsys):
+    # picamera2 is not installed off a Pi; no number of reconnects would change that.
+    assert run_agent(pi_camera_config(tmp_path, 1883)) == 1
+    assert "picamera2 is not installed" in capsys.readouterr().err
+
+
+def test_source_kind_switch_takes_that_kind_loss_policy(tmp_path, mqtt_broker):
+    summary_path = tmp_path / "summary.json"
+    config = pi_camera_config(tmp_path, mqtt_broker.port)
+    exit_code = run_agent(config, "--source", str(VIDEO), "--source-kind", "video", "--summary-json", str(summary_path))
+    assert exit_code == 0
+    assert json.loads(summary_path.read_text())["frames_sampled"] == 12

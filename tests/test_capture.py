@@ -159,7 +159,7 @@ def test_prepare_frame_scales_large_down():
     assert prepare_frame(portrait, 1920, 1080).shape == (1080, 360, 3)
 
 
-def test_video_truncated_mid_stream(tmp_path):
+def test_video_truncated_mid_stream(tmp_path, caplog):
     # MJPEG in AVI keeps its header in front, so a cut file opens and breaks part-way.
     avi = tmp_path / "whole.avi"
     writer = cv2.VideoWriter(str(avi), cv2.VideoWriter_fourcc(*"MJPG"), 30, (640, 360))
@@ -170,9 +170,18 @@ def test_video_truncated_mid_stream(tmp_path):
     data = avi.read_bytes()
     truncated.write_bytes(data[: len(data) // 2])
 
-    frames = list(VideoFileSource(truncated, sample_fps=120, start=START).frames())
+    with caplog.at_level("WARNING", logger="edge_agent.capture"):
+        frames = list(VideoFileSource(truncated, sample_fps=120, start=START).frames())
     assert 10 < len(frames) < 72
     assert all(frame.image.shape == (360, 640, 3) for frame in frames)
+    assert f"ended after frame {len(frames)} of the 72 it declares" in caplog.text
+
+
+def test_complete_video_ends_without_warning(caplog):
+    with caplog.at_level("WARNING", logger="edge_agent.capture"):
+        frames = list(VideoFileSource(VIDEO, sample_fps=120, start=START).frames())
+    assert frames
+    assert "ended after frame" not in caplog.text
 
 
 def live_config(uri: str, **settings) -> SourceConfig:

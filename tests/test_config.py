@@ -64,6 +64,7 @@ def test_camera_uri_is_not_a_path(tmp_path):
         (MINIMAL + '[source]\non_loss = "retry"\n', ["source.on_loss = 'retry'"]),
         (MINIMAL + "[source]\nsample_fps = 4\ncapture_fps = 2\n", ["capture_fps (2.0) is below sample_fps (4.0)"]),
         (MINIMAL + "[source]\ncapture_fps = 0\n", ["source.capture_fps = 0"]),
+        (MINIMAL + "[source]\nstart = 0026-03-02T08:15:00+01:00\n", ["use a year from 1970 to 9000"]),
     ],
 )
 def test_invalid_setting_names_key_value_and_fix(tmp_path, text, expected):
@@ -167,3 +168,33 @@ def test_check_config_prints_memory_limits(tmp_path, capsys):
 def test_camera_frame_rate_follows_sampling(tmp_path, settings, expected_fps):
     config = load_config(write(tmp_path, MINIMAL + "[source]\n" + settings))
     assert config.source.camera_fps == expected_fps
+
+
+def test_override_into_a_value_that_should_be_a_section(tmp_path):
+    with pytest.raises(ConfigError, match=r"source = 'video' is a single value.*write it as a \[source\] table"):
+        load_config(write(tmp_path, MINIMAL.replace('room = "101"\n', 'room = "101"\nsource = "video"\n')), {"source": {"uri": "x.mp4"}})
+
+
+def test_check_config_loads_the_ca_file(tmp_path, capsys):
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    text = MINIMAL + '[mqtt]\nca_file = "ca.pem"\n'
+    assert main(["check-config", str(write(tmp_path, text))]) == 2
+    assert "holds no readable CA certificate" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("kind", "uri", "expected"),
+    [("video", ".", "is a folder: for photos set source.kind"), ("images", "agent.toml", "is a file: for a video")],
+)
+def test_check_config_source_kind_fits_the_path(tmp_path, capsys, kind, uri, expected):
+    text = MINIMAL + f'[source]\nkind = "{kind}"\nuri = "{uri}"\n'
+    assert main(["check-config", str(write(tmp_path, text))]) == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_check_config_needs_the_model_card(tmp_path, capsys):
+    model = tmp_path / "model.tflite"
+    model.write_bytes(DEFAULT_EMOTION_MODEL.read_bytes())
+    text = MINIMAL + f'[classifier]\nmodel = "{model}"\n'
+    assert main(["check-config", str(write(tmp_path, text))]) == 2
+    assert "Model card not found" in capsys.readouterr().err

@@ -90,3 +90,15 @@ def test_demo_timestamps_follow_the_recording(demo_run):
         assert f"  {step}  " in result.stdout
     assert "09:00:20" not in result.stdout.split("Timeline", 1)[1]
     assert timedelta(seconds=472 / 23.976) < timedelta(seconds=20)
+
+
+def test_demo_refuses_a_folder_with_other_files(tmp_path):
+    precious = tmp_path / "thesis.txt"
+    precious.write_text("not the demo's")
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "demo" / "run_demo.py"), "--work-dir", str(tmp_path), "--video", str(VIDEO)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0
+    assert "is not empty and was not made by the demo" in result.stderr
+    assert precious.read_text() == "not the demo's"

@@ -95,3 +95,23 @@ def test_corrupt_file_names_path_and_fix(tmp_path):
     path.write_bytes(b"this is not a database" * 100)
     with pytest.raises(OutboxError, match="outbox.sqlite3.*move it aside"):
         Outbox(path, max_windows=10)
+
+
+def test_foreign_database_is_refused_and_left_unchanged(tmp_path):
+    path = tmp_path / "aggregator.db"
+    with sqlite3.connect(path) as other:
+        other.execute("CREATE TABLE windows (id INTEGER PRIMARY KEY, device_id TEXT)")
+        other.execute("CREATE TABLE lectures (id INTEGER PRIMARY KEY)")
+    before = path.read_bytes()
+    with pytest.raises(OutboxError, match="is not an edge agent outbox .it has the tables lectures.; it was left unchanged"):
+        Outbox(path, max_windows=10)
+    assert path.read_bytes() == before
+    assert not (tmp_path / "aggregator.db-wal").exists()
+
+
+def test_windows_table_of_another_shape_is_refused(tmp_path):
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as other:
+        other.execute("CREATE TABLE windows (id INTEGER PRIMARY KEY, device_id TEXT)")
+    with pytest.raises(OutboxError, match="its windows table has the columns device_id, id"):
+        Outbox(path, max_windows=10)

@@ -130,3 +130,24 @@ def test_agent_notifies_ready_watchdog_stopping(tmp_path, mqtt_broker):
         listener.close()
     assert messages.index(b"READY=1") < messages.index(b"WATCHDOG=1")
     assert b"STOPPING=1" in messages
+
+
+def test_rendered_unit_runs_the_agent_beside_this_python(tmp_path, capsys):
+    config = tmp_path / "agent.toml"
+    config.write_text('device_id = "pi-1"\nroom = "1"\n')
+    assert main(["systemd-unit", str(config)]) == 0
+    exec_start = unit_settings(capsys.readouterr().out)["ExecStart"][0]
+    assert exec_start.startswith(str(Path(sys.executable).absolute().parent / "edge-agent") + " run ")
+
+
+def test_rendered_unit_quotes_paths_for_systemd():
+    text = render_unit(DEFAULT_BUDGET_MIB, "/etc/my agent/100%$HOME.toml", "/opt/edge agent/bin/edge-agent")
+    exec_start = unit_settings(text)["ExecStart"][0]
+    assert exec_start == '"/opt/edge agent/bin/edge-agent" run --config "/etc/my agent/100%%$$HOME.toml"'
+
+
+def test_rendered_unit_rejects_relative_paths(tmp_path, capsys):
+    config = tmp_path / "agent.toml"
+    config.write_text('device_id = "pi-1"\nroom = "1"\n')
+    assert main(["systemd-unit", str(config), "--config-path", "agent.toml"]) == 2
+    assert "--config-path 'agent.toml' is relative: systemd needs an absolute path" in capsys.readouterr().err
