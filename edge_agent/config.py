@@ -49,7 +49,10 @@ MAX_DEFAULT_CAPTURE_FPS = 30.0
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Strict: TOML values have types, and a quoted number or a boolean where a number
+    # belongs is a mistake to report, not to convert. Paths and the start time, which
+    # arrive as strings, opt out field by field.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class SourceConfig(_Section):
@@ -68,6 +71,7 @@ class SourceConfig(_Section):
     sample_fps: float = Field(default=2.0, gt=0, le=120, description="Frames analysed per second of source time.")
     start: AwareDatetime | None = Field(
         default=None,
+        strict=False,
         description="Wall-clock time of the first frame of a video or image folder, with a UTC offset. "
         "Default: the file's modification time minus its duration.",
     )
@@ -157,7 +161,9 @@ class DetectorConfig(_Section):
     backend: Literal["blazeface", "haar"] = Field(
         default="blazeface", description="blazeface: MediaPipe full-range TFLite model; haar: OpenCV cascade."
     )
-    model: Path | None = Field(default=None, description="Model file; default: the one bundled for the backend.")
+    model: Path | None = Field(
+        default=None, strict=False, description="Model file; default: the one bundled for the backend."
+    )
     min_face_px: int = Field(
         default=20, ge=8, le=1024, description="Width in frame pixels of the smallest face to detect."
     )
@@ -169,7 +175,9 @@ class DetectorConfig(_Section):
 class ClassifierConfig(_Section):
     """Emotion model; its card (same path, ``.json``) gives labels, input size and preprocessing."""
 
-    model: Path = Field(default=DEFAULT_EMOTION_MODEL, description="Fully int8 .tflite emotion model.")
+    model: Path = Field(
+        default=DEFAULT_EMOTION_MODEL, strict=False, description="Fully int8 .tflite emotion model."
+    )
     threads: int = Field(default=1, ge=1, le=16, description="Interpreter threads.")
 
 
@@ -209,12 +217,18 @@ class MqttConfig(_Section):
     )
     stats_interval_s: float = Field(default=60.0, ge=1, le=86400, description="Seconds between stats messages.")
     tls: bool = Field(default=False, description="Connect with TLS. Implied by ca_file.")
-    ca_file: Path | None = Field(default=None, description="PEM file of the CA that signed the broker's certificate.")
-    cert_file: Path | None = Field(default=None, description="PEM client certificate, for brokers that require one.")
-    key_file: Path | None = Field(default=None, description="PEM private key of cert_file.")
+    ca_file: Path | None = Field(
+        default=None, strict=False, description="PEM file of the CA that signed the broker's certificate."
+    )
+    cert_file: Path | None = Field(
+        default=None, strict=False, description="PEM client certificate, for brokers that require one."
+    )
+    key_file: Path | None = Field(default=None, strict=False, description="PEM private key of cert_file.")
     username: str | None = Field(default=None, min_length=1, max_length=256)
     password_file: Path | None = Field(
-        default=None, description="File whose first line is the password. Keep it readable by the agent only."
+        default=None,
+        strict=False,
+        description="File whose first line is the password. Keep it readable by the agent only.",
     )
     password_env: str | None = Field(
         default=None,
@@ -241,6 +255,7 @@ class OutboxConfig(_Section):
     """Durable queue of finished windows, kept until the broker acknowledges them."""
 
     path: Path = Field(
+        strict=False,
         default=Path("outbox.sqlite3"),
         description="SQLite file. A relative path is resolved against $STATE_DIRECTORY when systemd sets it, "
         "otherwise against the config file's directory.",
@@ -291,6 +306,10 @@ _FIXES = {
     "literal_error": "use one of the listed values",
     "string_pattern_mismatch": "use letters, digits, '_', '.' or '-' only",
     "timezone_aware": "add a UTC offset, for example 2026-03-02T08:15:00+01:00",
+    "float_type": "write a number without quotes, such as 10.0",
+    "int_type": "write a whole number without quotes, such as 10",
+    "bool_type": "write true or false without quotes",
+    "string_type": "write it in double quotes",
 }
 
 

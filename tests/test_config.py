@@ -65,6 +65,8 @@ def test_camera_uri_is_not_a_path(tmp_path):
         (MINIMAL + "[source]\nsample_fps = 4\ncapture_fps = 2\n", ["capture_fps (2.0) is below sample_fps (4.0)"]),
         (MINIMAL + "[source]\ncapture_fps = 0\n", ["source.capture_fps = 0"]),
         (MINIMAL + "[source]\nstart = 0026-03-02T08:15:00+01:00\n", ["use a year from 1970 to 9000"]),
+        (MINIMAL + "[window]\nlength_s = true\n", ["window.length_s = True", "write a number without quotes"]),
+        (MINIMAL + 'budget_mib = "256"\n', ["budget_mib = '256'", "write a whole number without quotes"]),
     ],
 )
 def test_invalid_setting_names_key_value_and_fix(tmp_path, text, expected):
