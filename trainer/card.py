@@ -93,6 +93,7 @@ def _measurement_lines(card: ModelCard) -> list[str]:
             "numbers come from this file run by the edge agent's classifier; the simulated int8 accuracy is "
             "the quantized PyTorch graph the file was converted from."
         ),
+        *_qat_note(card),
         "",
         "| measure | float model | int8 file |",
         "|---|---|---|",
@@ -122,6 +123,32 @@ def _measurement_lines(card: ModelCard) -> list[str]:
         )
     lines += ["", "### Agreement with the float model", "", *_agreement_rows(card), ""]
     return lines
+
+
+def _qat_note(card: ModelCard) -> list[str]:
+    from trainer.quantization import method_of
+
+    if method_of(card.export.quantization) != "qat":
+        return []
+    return [
+        "",
+        (
+            "The file was fine-tuned with quantization-aware training, so its weights differ from the float "
+            "model's. The float column is the model before that training, and the drop can be negative when "
+            "the extra epochs also raised accuracy."
+        ),
+    ]
+
+
+def _calibration_line(card: ModelCard) -> str:
+    # Exports with a test split describe their calibration images fully in calibration_set. The
+    # default model's card keeps its original wording, so its Markdown page does not change.
+    if card.evaluation is not None:
+        return f"- Calibration: {card.export.calibration_set}; seed {card.export.seed}."
+    return (
+        f"- Calibration: {card.export.calibration_crops} face crops ({card.export.calibration_set}); "
+        f"seed {card.export.seed}."
+    )
 
 
 def render_markdown(card: ModelCard, model_size_bytes: int) -> str:
@@ -233,10 +260,7 @@ def render_markdown(card: ModelCard, model_size_bytes: int) -> str:
             f"torchao {card.export.torchao_version}."
         ),
         f"- Quantization: {card.export.quantization}.",
-        (
-            f"- Calibration: {card.export.calibration_crops} face crops ({card.export.calibration_set}); "
-            f"seed {card.export.seed}."
-        ),
+        _calibration_line(card),
         "",
         *_measurement_lines(card),
         "## Reproduce",

@@ -9,10 +9,15 @@ Subcommands:
   mini-Xception in ``data/weights/`` and the bundled media.
 - ``import-keras WEIGHTS --out FILE``: port Keras mini-Xception weights to a checkpoint.
 - ``export CHECKPOINT --out FILE``: export a checkpoint to a fully int8 .tflite file with
-  its cards. A Lightning checkpoint of ``trainer fit`` (.ckpt) is calibrated on its training
-  split and measured on its test split, and the export fails when int8 accuracy drops more
-  than ``--max-drop-points``. A checkpoint of ``import-keras`` (.pt) is calibrated and
-  checked on face crops of the bundled media.
+  its cards. A Lightning checkpoint of ``trainer fit`` (.ckpt) is quantized with its training
+  split, by post-training calibration (``--quantization ptq``, the default) or by
+  quantization-aware training (``--quantization qat``, ``trainer.qat``), and measured on its
+  test split, and the export fails when int8 accuracy drops more than ``--max-drop-points``.
+  ``--config FILE`` reads these settings from the file's ``quantization`` section. A
+  checkpoint of ``import-keras`` (.pt) is calibrated and checked on face crops of the
+  bundled media.
+- ``export-float SOURCE --out FILE``: write a model without quantization, float32 in and
+  out, to compare size and speed with the int8 file. The agent does not load it.
 - ``evaluate MODEL --data PATH``: score an exported .tflite file with its card on a
   dataset split, through the edge agent's classifier.
 - ``render-card MODEL``: rewrite a model's Markdown card from its JSON card, after a change
@@ -34,7 +39,7 @@ from edge_agent.errors import AgentError
 from edge_agent.faces import create_detector
 from edge_agent.model_card import Provenance, file_sha256
 from edge_agent.payload import FER2013_LABELS
-from trainer.errors import TrainerError
+from trainer.errors import ConfigError, TrainerError
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--name", help="model name in the card (default: the output file's stem)")
     _add_export_options(export)
     _add_dataset_export_options(export)
+    _add_quantization_options(export)
+
+    float_export = commands.add_parser(
+        "export-float", help="write a model without quantization (float32 in and out) to compare with int8"
+    )
+    float_export.add_argument(
+        "source",
+        type=Path,
+        help="checkpoint of 'trainer fit' (.ckpt) or 'import-keras' (.pt), or Keras mini-Xception weights (.hdf5)",
+    )
+    float_export.add_argument("--out", type=Path, required=True, help="output .tflite path")
 
     evaluate = commands.add_parser(
         "evaluate", help="score an exported .tflite file on a dataset split with the agent's classifier"
@@ -149,8 +165,7 @@ def _add_dataset_export_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--calibration-images",
         type=int,
-        default=DEFAULT_CALIBRATION_IMAGES,
-        help="training images drawn to calibrate the int8 ranges (default: %(default)s)",
+        help=f"training images drawn to calibrate the int8 ranges with PTQ (default: {DEFAULT_CALIBRATION_IMAGES})",
     )
     group.add_argument(
         "--max-drop-points",
@@ -160,6 +175,37 @@ def _add_dataset_export_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--split", choices=("val", "test"), default="test", help="split the accuracy is measured on (default: test)"
+    )
+
+
+def _add_quantization_options(parser: argparse.ArgumentParser) -> None:
+    from trainer.quantization import DEFAULT_QAT_BATCH_SIZE, DEFAULT_QAT_EPOCHS, DEFAULT_QAT_LEARNING_RATE, METHODS
+
+    group = parser.add_argument_group(
+        "quantization of checkpoints of 'trainer fit' (flags override the --config files)"
+    )
+    group.add_argument(
+        "--config",
+        type=Path,
+        action="append",
+        help="YAML file with a 'quantization' section (method, epochs, learning_rate, batch_size); repeatable, "
+        "later files override earlier ones",
+    )
+    group.add_argument(
+        "--quantization",
+        choices=METHODS,
+        help="ptq: calibrate the trained model (default); qat: fine-tune it with fake int8 quantization first",
+    )
+    group.add_argument(
+        "--qat-epochs", type=int, help=f"QAT epochs over the training split (default: {DEFAULT_QAT_EPOCHS})"
+    )
+    group.add_argument(
+        "--qat-learning-rate",
+        type=float,
+        help=f"QAT Adam learning rate, decayed to 0 along a cosine (default: {DEFAULT_QAT_LEARNING_RATE:g})",
+    )
+    group.add_argument(
+        "--qat-batch-size", type=int, help=f"QAT images per batch, at least 2 (default: {DEFAULT_QAT_BATCH_SIZE})"
     )
 
 
@@ -188,6 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _render_card(options)
         elif options.command == "evaluate":
             _evaluate(options)
+        elif options.command == "export-float":
+            _export_float(options)
         elif options.command == "export" and options.checkpoint.suffix == ".ckpt":
             _export_trained(options, command=shlex.join(["trainer", *arguments]))
         else:
@@ -237,6 +285,11 @@ def _export(options: argparse.Namespace, command: str) -> None:
     else:
         from trainer.checkpoint import load_checkpoint
 
+        if _quantization_settings(options).method == "qat":
+            raise ConfigError(
+                f"{options.checkpoint} is not a checkpoint of 'trainer fit', and QAT needs the labelled training "
+                "split that such a checkpoint names: export a .ckpt, or use --quantization ptq"
+            )
         checkpoint = load_checkpoint(options.checkpoint)
         model, labels, provenance = checkpoint.model, checkpoint.labels, checkpoint.provenance
         name = options.name or options.out.stem
@@ -267,11 +320,13 @@ def _export(options: argparse.Namespace, command: str) -> None:
 
 
 def _export_trained(options: argparse.Namespace, command: str) -> None:
-    from trainer.dataset_export import DatasetExportRequest, run_dataset_export
+    from trainer.dataset_export import DEFAULT_CALIBRATION_IMAGES, DatasetExportRequest, run_dataset_export
     from trainer.trained import load_trained
 
+    settings = _quantization_settings(options)
     trained = load_trained(options.checkpoint, data_path=options.data)
     datamodule = trained.datamodule
+    module = trained.module
     request = DatasetExportRequest(
         model=trained.module.model,
         architecture=trained.module.hparams.architecture,
@@ -284,19 +339,90 @@ def _export_trained(options: argparse.Namespace, command: str) -> None:
         output_path=options.out,
         command=command,
         model_name=options.name or options.out.stem,
-        calibration_images=options.calibration_images,
+        calibration_images=(
+            DEFAULT_CALIBRATION_IMAGES if options.calibration_images is None else options.calibration_images
+        ),
         max_drop_points=options.max_drop_points,
         margin=options.margin,
         interpolation=options.interpolation,
         seed=options.seed,
+        quantization=settings,
+        augmentation=module.augmentation if module.hparams.augment else None,
+        class_balance=datamodule.hparams.class_balance,
     )
     result = run_dataset_export(request)
     evaluation = result.card.evaluation
     print(
-        f"{result.model_path}: {result.model_size_bytes} bytes, {evaluation.parameters} parameters; "
+        f"{result.model_path} ({settings.method}): {result.model_size_bytes} bytes, "
+        f"{evaluation.parameters} parameters; "
         f"{evaluation.split} accuracy float {evaluation.float_accuracy:.2%}, int8 {evaluation.int8_accuracy:.2%} "
         f"(drop {evaluation.accuracy_drop_points:.2f} points), int8 macro-F1 {evaluation.int8_macro_f1:.4f}, "
         f"{evaluation.latency_ms_per_image:.3f} ms per image"
+    )
+
+
+def _quantization_settings(options: argparse.Namespace):
+    """Merge ``--config`` files and flags into ``QuantizationSettings``, rejecting flags that do not apply."""
+    from trainer.quantization import load_settings
+
+    qat_flags = {
+        "--qat-epochs": getattr(options, "qat_epochs", None),
+        "--qat-learning-rate": getattr(options, "qat_learning_rate", None),
+        "--qat-batch-size": getattr(options, "qat_batch_size", None),
+    }
+    settings = load_settings(
+        getattr(options, "config", None) or [],
+        {
+            "method": getattr(options, "quantization", None),
+            "epochs": qat_flags["--qat-epochs"],
+            "learning_rate": qat_flags["--qat-learning-rate"],
+            "batch_size": qat_flags["--qat-batch-size"],
+        },
+    )
+    if settings.method == "ptq":
+        flags_given = [flag for flag, value in qat_flags.items() if value is not None]
+        if flags_given:
+            raise ConfigError(
+                f"{', '.join(flags_given)} set QAT options, but the method is ptq: add --quantization qat, "
+                "or drop them"
+            )
+    elif getattr(options, "calibration_images", None) is not None:
+        raise ConfigError(
+            f"--calibration-images {options.calibration_images} applies to PTQ only, but the method is qat, "
+            "which learns the ranges over the whole training split: drop --calibration-images"
+        )
+    return settings
+
+
+def _export_float(options: argparse.Namespace) -> None:
+    from trainer.export import convert_to_float_tflite
+
+    source = options.source
+    suffix = source.suffix.lower()
+    if suffix == ".ckpt":
+        from trainer.trained import load_trained_module
+
+        model = load_trained_module(source).model
+    elif suffix == ".pt":
+        from trainer.checkpoint import load_checkpoint
+
+        model = load_checkpoint(source).model
+    elif suffix in (".hdf5", ".h5"):
+        from trainer.keras_import import load_keras_mini_xception
+
+        model = load_keras_mini_xception(source)
+    else:
+        raise ConfigError(
+            f"{source} has suffix {source.suffix!r}: pass a checkpoint of 'trainer fit' (.ckpt) or "
+            "'import-keras' (.pt), or Keras weights (.hdf5, .h5)"
+        )
+    result = convert_to_float_tflite(model, options.out)
+    low, high = result.pixel_range
+    size = model.input_size
+    print(
+        f"{result.path}: {result.size_bytes} bytes, float32 input (1, {size}, {size}, 1) with gray pixels mapped "
+        f"to [{low:g}, {high:g}], float32 output (1, {model.num_classes}) probabilities; largest difference "
+        f"to PyTorch {result.max_abs_difference:.1e}"
     )
 
 

@@ -1,11 +1,13 @@
-"""Export of a trained model with a labelled dataset: calibrate on train, measure on test, gate on the drop.
+"""Export of a trained model with a labelled dataset: quantize with train, measure on test, gate on the drop.
 
-``run_dataset_export`` quantizes the model on images drawn from the training split,
-converts it with litert-torch, and scores the float model, the quantized PyTorch graph
-and the .tflite file (through the agent's classifier) on the test split. The card gets
-an ``evaluation`` section. When int8 accuracy falls more than ``max_drop_points``
-below float accuracy, the export raises ``AccuracyDropError`` and writes nothing, and
-an earlier export at the same path stays untouched.
+``run_dataset_export`` quantizes the model with the training split, either calibrated on
+images drawn from it (PTQ) or fine-tuned on it with fake quantization (QAT, see
+``trainer.qat``). It converts the result with litert-torch, and scores the float model,
+the quantized PyTorch graph and the .tflite file (through the agent's classifier) on the
+test split. The card gets an ``evaluation`` section and names the method. When int8
+accuracy falls more than ``max_drop_points`` below float accuracy, the export raises
+``AccuracyDropError`` and writes nothing, and an earlier export at the same path stays
+untouched.
 """
 
 from __future__ import annotations
@@ -42,9 +44,18 @@ from trainer.evaluation import (
     predict_graph,
     score_predictions,
 )
-from trainer.export import convert_to_int8_tflite, measure_agreement, predict_float, tool_versions, verify_int8_only
+from trainer.export import (
+    convert_to_int8_tflite,
+    measure_agreement,
+    predict_float,
+    tool_versions,
+    verify_int8_only,
+    write_quantized_tflite,
+)
 from trainer.models import NORMALIZED_PIXEL_RANGE, RAW_PIXEL_RANGE, count_parameters, fold_input_scaling
-from trainer.pipeline import QUANTIZATION_SCHEME, FOLD_TOLERANCE, ExportResult, seed_everything
+from trainer.pipeline import FOLD_TOLERANCE, ExportResult, seed_everything
+from trainer.qat import train_qat
+from trainer.quantization import QuantizationSettings
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +67,11 @@ DEFAULT_CALIBRATION_IMAGES = 500
 
 @dataclass(frozen=True)
 class DatasetExportRequest:
-    """A trained model, its data splits and where and how to export it."""
+    """A trained model, its data splits and where and how to export it.
+
+    ``calibration_images`` applies to PTQ. ``augmentation`` and ``class_balance`` are the
+    training run's, and apply to QAT (see ``trainer.qat.train_qat``).
+    """
 
     model: torch.nn.Module
     architecture: str
@@ -75,6 +90,18 @@ class DatasetExportRequest:
     interpolation: str = "area"
     seed: int = 0
     license: str = "MIT"
+    quantization: QuantizationSettings = QuantizationSettings()
+    augmentation: torch.nn.Module | None = None
+    class_balance: str = "none"
+
+
+@dataclass(frozen=True)
+class _Quantized:
+    """The converted PyTorch graph of an export, and the images its activation ranges came from."""
+
+    graph: torch.fx.GraphModule
+    calibration_images: int
+    calibration_set: str
 
 
 def draw_calibration_images(train: ImageSet, count: int, seed: int) -> np.ndarray:
@@ -94,7 +121,6 @@ def run_dataset_export(request: DatasetExportRequest) -> ExportResult:
     if request.test.images.shape[1:] != (size, size) or request.train.images.shape[1:] != (size, size):
         raise ExportError(f"the images must be {size}x{size}, the model's input size: resize the dataset to it")
 
-    calibration = draw_calibration_images(request.train, request.calibration_images, request.seed)
     raw_model = _raw_pixel_model(model, request.test.images[:64])
     num_classes = len(request.labels)
     float_probabilities = predict_float(raw_model, request.test.images)
@@ -106,20 +132,20 @@ def run_dataset_export(request: DatasetExportRequest) -> ExportResult:
     # Staged beside the output, on the same file system, so the final moves are atomic renames.
     with tempfile.TemporaryDirectory(prefix=".export-", dir=output_path.parent) as folder:
         staged = Path(folder) / output_path.name
-        graph = convert_to_int8_tflite(raw_model, calibration, staged)
+        quantized = _quantize(request, raw_model, staged)
         inventory = verify_int8_only(staged)
         simulated_scores = score_predictions(
-            predict_graph(graph, request.test.images), request.test.labels, num_classes
+            predict_graph(quantized.graph, request.test.images), request.test.labels, num_classes
         )
         int8_model = Int8ImageModel(staged, size, num_classes, pixel_range=RAW_PIXEL_RANGE, threads=1)
         int8_probabilities = int8_model.predict(request.test.images)
         latency_ms = measure_latency_ms(int8_model, request.test.images)
 
-        card = _card(request, staged, inventory, float_probabilities, int8_probabilities, len(calibration))
+        card = _card(request, staged, inventory, float_probabilities, int8_probabilities, quantized)
         card = card.model_copy(
             update={
                 "evaluation": _evaluation(
-                    request, model, float_scores, simulated_scores, staged, latency_ms, len(calibration)
+                    request, model, float_scores, simulated_scores, staged, latency_ms, quantized.calibration_images
                 )
             }
         )
@@ -138,8 +164,7 @@ def run_dataset_export(request: DatasetExportRequest) -> ExportResult:
                 f"int8 accuracy {evaluation.int8_accuracy:.2%} is {evaluation.accuracy_drop_points:.2f} points "
                 f"below float accuracy {evaluation.float_accuracy:.2%} on {evaluation.images} {request.test_split} "
                 f"images, more than the limit of {request.max_drop_points} points. Nothing was written to "
-                f"{output_path}. Calibrate on more images (--calibration-images), train with quantization in "
-                "mind, or raise --max-drop-points"
+                f"{output_path}. {_drop_advice(request.quantization)}"
             )
         for suffix in (".json", ".md", output_path.suffix):
             os.replace(staged.with_suffix(suffix), output_path.with_suffix(suffix))
@@ -147,6 +172,48 @@ def run_dataset_export(request: DatasetExportRequest) -> ExportResult:
     size_bytes = output_path.stat().st_size
     log.info("Wrote %s and its cards", output_path)
     return ExportResult(card, output_path, output_path.with_suffix(".json"), output_path.with_suffix(".md"), size_bytes)
+
+
+def _quantize(request: DatasetExportRequest, raw_model: torch.nn.Module, staged: Path) -> _Quantized:
+    """Quantize by the request's method and write the .tflite file to ``staged``."""
+    settings = request.quantization
+    if settings.method == "qat":
+        result = train_qat(
+            raw_model,
+            request.train,
+            settings,
+            augmentation=request.augmentation,
+            class_balance=request.class_balance,
+            seed=request.seed,
+        )
+        write_quantized_tflite(result.graph, result.quantizer, raw_model.input_size, staged)
+        return _Quantized(
+            graph=result.graph,
+            calibration_images=result.training_images,
+            calibration_set=(
+                f"activation ranges are moving averages over {settings.epochs} QAT epochs ({result.steps} steps) "
+                f"on the {result.training_images} images of the training split of {request.dataset}"
+            ),
+        )
+    calibration = draw_calibration_images(request.train, request.calibration_images, request.seed)
+    graph = convert_to_int8_tflite(raw_model, calibration, staged)
+    return _Quantized(
+        graph=graph,
+        calibration_images=len(calibration),
+        calibration_set=f"{len(calibration)} images drawn at random from the training split of {request.dataset}",
+    )
+
+
+def _drop_advice(settings: QuantizationSettings) -> str:
+    if settings.method == "qat":
+        return (
+            "Train with quantization for more epochs (--qat-epochs) or at another learning rate "
+            "(--qat-learning-rate), or raise --max-drop-points"
+        )
+    return (
+        "Calibrate on more images (--calibration-images), train with quantization "
+        "(--quantization qat), or raise --max-drop-points"
+    )
 
 
 def _raw_pixel_model(model: torch.nn.Module, check_images: np.ndarray) -> torch.nn.Module:
@@ -164,7 +231,7 @@ def _raw_pixel_model(model: torch.nn.Module, check_images: np.ndarray) -> torch.
     return raw_model
 
 
-def _card(request, staged, inventory, float_probabilities, int8_probabilities, calibration_count) -> ModelCard:
+def _card(request, staged, inventory, float_probabilities, int8_probabilities, quantized: _Quantized) -> ModelCard:
     versions = tool_versions()
     size = request.model.input_size
     return ModelCard(
@@ -187,9 +254,9 @@ def _card(request, staged, inventory, float_probabilities, int8_probabilities, c
             exporter=f"litert-torch {versions['litert-torch']}",
             torch_version=versions["torch"],
             torchao_version=versions["torchao"],
-            quantization=QUANTIZATION_SCHEME,
-            calibration_crops=calibration_count,
-            calibration_set=f"{calibration_count} images drawn at random from the training split of {request.dataset}",
+            quantization=request.quantization.describe(),
+            calibration_crops=quantized.calibration_images,
+            calibration_set=quantized.calibration_set,
             seed=request.seed,
             command=request.command,
         ),

@@ -23,3 +23,14 @@ class DataError(TrainerError):
 
 class AccuracyDropError(ExportError):
     """The int8 file loses more test accuracy against the float model than the export allows."""
+
+
+class ConfigError(TrainerError, ValueError):
+    """A configuration value or file is invalid. Also a ``ValueError``, so Lightning's CLI reports it.
+
+    ``key`` names the invalid setting, when there is one.
+    """
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key

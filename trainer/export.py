@@ -5,18 +5,24 @@ The pipeline is PT2E static quantization (``trainer.quantize``) followed by
 converter emits int8 input and output tensors itself, with no QUANTIZE or DEQUANTIZE op.
 ``verify_int8_only`` still loads the written file and lists every tensor's dtype,
 because a PT2E gap does not fail the conversion: it leaves a float op in the graph.
+
+``convert_to_float_tflite`` writes the same model without quantization, float32 in and
+out, to compare size, speed and outputs with the int8 file.
 """
 
 from __future__ import annotations
 
+import copy
 import importlib.metadata
 import logging
+import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer
 
 from edge_agent.model_card import Agreement, TensorSpec
 from edge_agent.runtime import load_interpreter
@@ -28,6 +34,22 @@ log = logging.getLogger(__name__)
 
 #: Tensor dtypes a fully int8 file may contain: int8 activations and weights, int32 biases.
 ALLOWED_DTYPES = ("int8", "int32")
+#: Random images on which a float export must reproduce the PyTorch model.
+FLOAT_CHECK_IMAGES = 16
+#: Largest probability difference accepted between a float export and PyTorch. Both compute
+#: in float32 but in another order (XNNPACK kernels), which moves probabilities by about 1e-6.
+FLOAT_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class FloatExport:
+    """A float32 .tflite file of ``convert_to_float_tflite``, with its input range and difference to PyTorch."""
+
+    path: Path
+    size_bytes: int
+    pixel_range: tuple[float, float]
+    dtype_counts: dict[str, int]
+    max_abs_difference: float
 
 
 @dataclass(frozen=True)
@@ -63,14 +85,7 @@ def convert_to_int8_tflite(
     point -128. The returned graph is the quantized PyTorch model the file was converted
     from; it takes float (1, size, size, 1) raw pixels and simulates the int8 arithmetic.
     """
-    import litert_torch
-    from litert_torch.quantize.quant_config import QuantConfig
-
-    if model.pixel_range != RAW_PIXEL_RANGE:
-        raise ExportError(
-            f"the model takes pixels in {model.pixel_range}; fold the input scaling first so that it takes "
-            f"{RAW_PIXEL_RANGE} and the int8 input needs no float preprocessing"
-        )
+    check_raw_pixel_model(model)
     size = model.input_size
     if calibration_crops.shape[1:] != (size, size):
         raise ExportError(
@@ -82,19 +97,106 @@ def convert_to_int8_tflite(
     sample = torch.zeros(1, size, size, 1)
     inputs = calibration_crops.astype(np.float32)[..., np.newaxis]
     quantized, quantizer = quantize_model(wrapped, sample, inputs)
+    write_quantized_tflite(quantized, quantizer, size, output_path)
+    return quantized
 
+
+def check_raw_pixel_model(model: torch.nn.Module) -> None:
+    """Raise ``ExportError`` unless ``model`` takes raw pixels 0..255, as an int8 export needs."""
+    if model.pixel_range != RAW_PIXEL_RANGE:
+        raise ExportError(
+            f"the model takes pixels in {model.pixel_range}; fold the input scaling first so that it takes "
+            f"{RAW_PIXEL_RANGE} and the int8 input needs no float preprocessing"
+        )
+
+
+def write_quantized_tflite(
+    graph: torch.fx.GraphModule, quantizer: PT2EQuantizer, input_size: int, output_path: Path
+) -> None:
+    """Write a converted PT2E graph that takes (1, size, size, 1) raw pixels as a .tflite file."""
+    import litert_torch
+    from litert_torch.quantize.quant_config import QuantConfig
+
+    sample = torch.zeros(1, input_size, input_size, 1)
     litert_torch.config.show_progress = log.isEnabledFor(logging.DEBUG)
     try:
-        edge_model = litert_torch.convert(
-            quantized, (sample,), quant_config=QuantConfig(pt2e_quantizer=quantizer)
-        )
+        edge_model = litert_torch.convert(graph, (sample,), quant_config=QuantConfig(pt2e_quantizer=quantizer))
     except Exception as error:  # the converter raises many unrelated types
         raise ExportError(f"litert-torch could not convert the quantized model: {error}") from error
     output_path = Path(output_path)
     output_path.parent.mkdir(parents=True, exist_ok=True)
     edge_model.export(str(output_path))
     log.info("Wrote %s (%d bytes)", output_path, output_path.stat().st_size)
-    return quantized
+
+
+def convert_to_float_tflite(model: torch.nn.Module, output_path: Path) -> FloatExport:
+    """Write ``model`` as a float32 TFLite file without quantization, and check it against PyTorch.
+
+    The file takes (1, size, size, 1) float32 pixels in the model's ``pixel_range`` and
+    returns (1, num_classes) float32 probabilities. It has no model card, because the card
+    describes int8 files only, so the agent cannot load it: it exists to compare size,
+    speed and outputs with the int8 file. Before the file is written, its outputs on
+    ``FLOAT_CHECK_IMAGES`` seeded random images must match PyTorch's within
+    ``FLOAT_TOLERANCE``.
+    """
+    import litert_torch
+
+    size = model.input_size
+    wrapped = ChannelsLastInput(copy.deepcopy(model).cpu().eval()).eval()
+    sample = torch.zeros(1, size, size, 1)
+    litert_torch.config.show_progress = log.isEnabledFor(logging.DEBUG)
+    try:
+        edge_model = litert_torch.convert(wrapped, (sample,))
+    except Exception as error:  # the converter raises many unrelated types
+        raise ExportError(f"litert-torch could not convert the float model: {error}") from error
+
+    output_path = Path(output_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    staged = output_path.with_name(f".{output_path.name}.partial")
+    try:
+        edge_model.export(str(staged))
+        inventory = _check_float_io(staged, size, model.num_classes)
+        images = np.random.default_rng(0).integers(0, 256, (FLOAT_CHECK_IMAGES, size, size), dtype=np.uint8)
+        difference = float(
+            np.abs(
+                predict_float_tflite(staged, images, model.pixel_range) - predict_float(model, images)
+            ).max()
+        )
+        if difference > FLOAT_TOLERANCE:
+            raise ExportError(
+                f"the float TFLite file differs from the PyTorch model by up to {difference:.2g} in probability "
+                f"(tolerance {FLOAT_TOLERANCE}) on {FLOAT_CHECK_IMAGES} random images: the conversion changed "
+                "the model, so report it with the torch and litert-torch versions"
+            )
+        os.replace(staged, output_path)
+    finally:
+        staged.unlink(missing_ok=True)
+    log.info("Wrote %s (%d bytes)", output_path, output_path.stat().st_size)
+    return FloatExport(
+        path=output_path,
+        size_bytes=output_path.stat().st_size,
+        pixel_range=model.pixel_range,
+        dtype_counts=inventory,
+        max_abs_difference=difference,
+    )
+
+
+def _check_float_io(model_path: Path, size: int, num_classes: int) -> dict[str, int]:
+    interpreter = load_interpreter(Path(model_path))
+    input_details = interpreter.get_input_details()[0]
+    output_details = interpreter.get_output_details()[0]
+    for role, details, shape in (
+        ("input", input_details, (1, size, size, 1)),
+        ("output", output_details, (1, num_classes)),
+    ):
+        dtype = np.dtype(details["dtype"]).name
+        if dtype != "float32" or tuple(int(dim) for dim in details["shape"]) != shape:
+            raise ExportError(
+                f"{model_path}: the {role} is {dtype} {tuple(details['shape'])}, expected float32 {shape}: "
+                "the converter changed the model's interface"
+            )
+    counts = Counter(np.dtype(detail["dtype"]).name for detail in interpreter.get_tensor_details())
+    return dict(sorted(counts.items()))
 
 
 def inspect_tensors(model_path: Path) -> TensorInventory:

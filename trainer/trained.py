@@ -34,22 +34,13 @@ def load_trained(checkpoint: Path, data_path: Path | None = None) -> TrainedRun:
         WeightsError: the file is missing or is not a checkpoint of ``trainer fit``.
     """
     checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise WeightsError(f"Checkpoint not found: {checkpoint}")
-    # Lightning checkpoints pickle their hyperparameters, so they load with weights_only=False:
-    # load only checkpoints you trained yourself.
-    try:
-        payload = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    except (OSError, EOFError, RuntimeError, ValueError) as error:
-        raise WeightsError(f"Cannot read checkpoint {checkpoint}: {error}") from None
-    data_hparams = payload.get("datamodule_hyper_parameters") if isinstance(payload, dict) else None
-    if not data_hparams or "hyper_parameters" not in payload:
+    payload = _read_checkpoint(checkpoint)
+    data_hparams = payload.get("datamodule_hyper_parameters")
+    if not data_hparams:
         raise WeightsError(
-            f"{checkpoint} has no module or data module hyperparameters: pass a .ckpt written by 'trainer fit'"
+            f"{checkpoint} has no data module hyperparameters: pass a .ckpt written by 'trainer fit'"
         )
-    # The fine-tuning source is already in the trained weights, and may not exist on this machine.
-    module = EmotionModule.load_from_checkpoint(checkpoint, map_location="cpu", init_weights=None)
-    module.eval()
+    module = _load_module(checkpoint, payload)
     # LightningCLI adds private keys such as ``_instantiator``; keep only the constructor's arguments.
     accepted = inspect.signature(FerDataModule.__init__).parameters
     data_hparams = {key: value for key, value in data_hparams.items() if key in accepted and key != "self"}
@@ -58,5 +49,38 @@ def load_trained(checkpoint: Path, data_path: Path | None = None) -> TrainedRun:
     data_hparams["image_size"] = module.hparams.input_size
     datamodule = FerDataModule(**data_hparams)
     datamodule.setup("test")
-    log.info("Loaded %s (%s, %d parameters)", checkpoint, module.hparams.architecture, module.parameter_count)
     return TrainedRun(module, datamodule)
+
+
+def load_trained_module(checkpoint: Path) -> EmotionModule:
+    """Load the ``EmotionModule`` of a ``trainer fit`` checkpoint in eval mode on the CPU, without its data.
+
+    Raises:
+        WeightsError: the file is missing or is not a checkpoint of ``trainer fit``.
+    """
+    checkpoint = Path(checkpoint)
+    return _load_module(checkpoint, _read_checkpoint(checkpoint))
+
+
+def _load_module(checkpoint: Path, payload: dict) -> EmotionModule:
+    if "hyper_parameters" not in payload:
+        raise WeightsError(f"{checkpoint} has no module hyperparameters: pass a .ckpt written by 'trainer fit'")
+    # The fine-tuning source is already in the trained weights, and may not exist on this machine.
+    module = EmotionModule.load_from_checkpoint(checkpoint, map_location="cpu", init_weights=None)
+    module.eval()
+    log.info("Loaded %s (%s, %d parameters)", checkpoint, module.hparams.architecture, module.parameter_count)
+    return module
+
+
+def _read_checkpoint(checkpoint: Path) -> dict:
+    if not checkpoint.is_file():
+        raise WeightsError(f"Checkpoint not found: {checkpoint}")
+    # Lightning checkpoints pickle their hyperparameters, so they load with weights_only=False:
+    # load only checkpoints you trained yourself.
+    try:
+        payload = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    except (OSError, EOFError, RuntimeError, ValueError) as error:
+        raise WeightsError(f"Cannot read checkpoint {checkpoint}: {error}") from None
+    if not isinstance(payload, dict):
+        raise WeightsError(f"{checkpoint} is not a Lightning checkpoint: pass a .ckpt written by 'trainer fit'")
+    return payload
