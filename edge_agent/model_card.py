@@ -97,6 +97,11 @@ class ExportSettings(_Record):
     torch_version: str = Field(min_length=1)
     torchao_version: str = Field(min_length=1)
     quantization: str = Field(min_length=1, description="Quantization scheme, in words.")
+    method: Literal["ptq", "qat"] | None = Field(
+        default=None, description="ptq (post-training) or qat (quantization-aware training); absent in older cards."
+    )
+    qat_epochs: int | None = Field(default=None, ge=1, description="QAT fine-tuning epochs.")
+    qat_learning_rate: float | None = Field(default=None, gt=0, description="QAT starting learning rate.")
     calibration_crops: int = Field(ge=1, description="Face crops the activation ranges were calibrated on.")
     calibration_set: str = Field(min_length=1, description="Which crops were used for calibration.")
     seed: int
@@ -201,6 +206,10 @@ class ModelCard(_Record):
         data = self.model_dump(mode="json")
         if data.get("evaluation") is None:
             data.pop("evaluation", None)
+        # Likewise for the quantization method fields, added after the bundled card was written.
+        for key in ("method", "qat_epochs", "qat_learning_rate"):
+            if data["export"].get(key) is None:
+                data["export"].pop(key, None)
         return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 

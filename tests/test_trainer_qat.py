@@ -102,6 +102,9 @@ def test_qat_card_names_method(qat_exported):
     card = json.loads(qat_exported.with_suffix(".json").read_text())
     scheme = card["export"]["quantization"]
     assert method_of(scheme) == "qat"
+    assert card["export"]["method"] == "qat"
+    assert card["export"]["qat_epochs"] == QAT_SECTION["epochs"]
+    assert card["export"]["qat_learning_rate"] == QAT_SECTION["learning_rate"]
     assert "2 epochs" in scheme
     assert "learning rate 0.0002" in scheme
     assert "batch size 32" in scheme
