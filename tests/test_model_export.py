@@ -201,9 +201,14 @@ def test_export_float_rejects_changed_model(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_export_default_int8_only(tmp_path):
+def test_export_default_rebuilds_the_bundled_model(tmp_path):
+    """make default-model gives the bundled file byte for byte, and that file is fully int8."""
     model_path = tmp_path / "emotion.tflite"
-    assert main(["export-default", "--out", str(model_path), "--frame-step", "8"]) == 0
+    assert main(["export-default", "--out", str(model_path)]) == 0
+    assert model_path.read_bytes() == DEFAULT_EMOTION_MODEL.read_bytes(), (
+        "trainer export-default no longer reproduces edge_agent/models/emotion_mini_xception_int8.tflite: "
+        "if the change is intended, run make default-model and commit the new model and card"
+    )
 
     interpreter = load_interpreter(model_path)
     dtypes = {np.dtype(detail["dtype"]).name for detail in interpreter.get_tensor_details()}

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edge_agent.classifier import DEFAULT_MARGIN, INTERPOLATIONS
-from edge_agent.config import DEFAULT_EMOTION_MODEL, DetectorConfig
+from edge_agent.config import BLAZEFACE_FLOAT_MODEL, DEFAULT_EMOTION_MODEL, DetectorConfig
 from edge_agent.errors import AgentError
 from edge_agent.faces import create_detector
 from edge_agent.model_card import Provenance, file_sha256
@@ -266,6 +266,16 @@ def _render_card(options: argparse.Namespace) -> None:
     log.info("Wrote %s", path)
 
 
+def _crop_detector_config(backend: str) -> DetectorConfig:
+    """Detector that finds the calibration and agreement crops in the bundled media.
+
+    BlazeFace runs its published float model here, not the agent's default int8 copy: the
+    crops define the calibration set, so the default model rebuilds byte for byte only if
+    they stay the same whichever detector model the agent uses.
+    """
+    return DetectorConfig(backend=backend, model=BLAZEFACE_FLOAT_MODEL if backend == "blazeface" else None)
+
+
 def _export(options: argparse.Namespace, command: str) -> None:
     from trainer.calibration import default_media
     from trainer.pipeline import ExportRequest, ReferenceModel, run_export
@@ -302,7 +312,7 @@ def _export(options: argparse.Namespace, command: str) -> None:
         model_name=name,
         output_path=options.out,
         media=options.media or default_media(DATA_DIR),
-        detector=create_detector(DetectorConfig(backend=options.detector)),
+        detector=create_detector(_crop_detector_config(options.detector)),
         margin=options.margin,
         interpolation=options.interpolation,
         frame_step=options.frame_step,
