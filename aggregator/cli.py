@@ -11,8 +11,10 @@ Every error is one line on stderr that names the value at fault and the fix.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -21,15 +23,24 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 from aggregator import __version__
 from aggregator.errors import AggregatorError, ConfigError
 from aggregator.ingest import Ingest, IngestSettings, default_client_id
-from aggregator.devices import DEFAULT_SILENT_AFTER_S, list_devices
+from aggregator.devices import DEFAULT_SILENT_AFTER_S, check_silent_after_s, list_devices
 from aggregator.range_report import compute_range_report
 from aggregator.report import DEFAULT_STEP_S, compute_report
 from aggregator.store import DEFAULT_DB_URL, Lecture, LectureSource, Store
 from aggregator.text_report import render_range_text, render_text
-from aggregator.times import Zone, format_offset, parse_time, resolve_zone
+from aggregator.times import Zone, format_offset, parse_day_or_time, parse_time, resolve_zone
+from aggregator.timetable import (
+    adopt_earlier_uids,
+    check_lecture_fields,
+    read_csv_timetable,
+    read_ics_timetable,
+)
 from edge_agent import sd_notify
 from edge_agent.payload import DEFAULT_TOPIC_PREFIX
 
@@ -39,8 +50,17 @@ DB_ENVIRONMENT_VARIABLE = "AGGREGATOR_DB"
 PASSWORD_ENVIRONMENT_VARIABLE = "AGGREGATOR_MQTT_PASSWORD"
 RETENTION_ENVIRONMENT_VARIABLE = "AGGREGATOR_RETENTION_DAYS"
 DEFAULT_RETENTION_DAYS = 365
+# 100 years: longer than any retention rule, and the cutoff date stays far from year 1.
+MAX_RETENTION_DAYS = 36_500
 DEFAULT_AD_HOC_MIN = 90
+# An ad hoc lecture runs at most a day before 'lecture stop' ends it.
+MAX_AD_HOC_MIN = 24 * 60
 REPORT_FORMATS = ("text", "csv", "json", "html")
+# A timeline step longer than a year shows nothing new, and the bound keeps its timedelta
+# far from overflowing.
+MAX_STEP_S = 366 * 24 * 3600
+# Lecture ids are 64-bit integers in both databases.
+MAX_LECTURE_ID = 2**63 - 1
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -49,6 +69,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.log_level or ("INFO" if args.command == "run" else "WARNING"))
+    if argv is None:
+        # Run as a program, the objects of the modules imported so far live as long as the
+        # process. Freezing them keeps each full garbage collection from scanning them, which
+        # paused a report query or the ingest for 20 to 60 ms. Callers that pass argv (tests)
+        # keep their own collector settings.
+        gc.freeze()
     try:
         return args.handler(args)
     except AggregatorError as error:
@@ -102,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--step-s",
         type=int,
         default=DEFAULT_STEP_S,
-        help=f"length of one timeline row in seconds (default: {DEFAULT_STEP_S})",
+        help=f"length of one timeline row in seconds, 1 to {MAX_STEP_S} (default: {DEFAULT_STEP_S})",
     )
     report.set_defaults(handler=_report)
 
@@ -111,18 +137,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--silent-after-s",
         type=float,
         default=DEFAULT_SILENT_AFTER_S,
-        help=f"flag a device silent after this many seconds without a message (default: {DEFAULT_SILENT_AFTER_S})",
+        help="flag a device silent after this many seconds without a message, above 0 and at most "
+        f"366 days (default: {DEFAULT_SILENT_AFTER_S})",
     )
     devices.set_defaults(handler=_devices)
 
     purge = commands.add_parser(
         "purge", parents=[database], help="delete windows, lectures and devices older than the retention period"
     )
+    # The environment variable is read by 'purge' only, so an invalid value breaks no other command.
     purge.add_argument(
         "--retention-days",
         type=int,
-        default=int(os.environ.get(RETENTION_ENVIRONMENT_VARIABLE) or DEFAULT_RETENTION_DAYS),
-        help=f"days to keep (default: ${RETENTION_ENVIRONMENT_VARIABLE}, else {DEFAULT_RETENTION_DAYS})",
+        default=None,
+        help=f"days to keep, 1 to {MAX_RETENTION_DAYS} "
+        f"(default: ${RETENTION_ENVIRONMENT_VARIABLE}, else {DEFAULT_RETENTION_DAYS})",
     )
     purge.set_defaults(handler=_purge)
     return parser
@@ -191,6 +220,7 @@ def _add_lecture_parsers(
     add.add_argument(
         "--end", required=True, help="ISO 8601 end, after the start; without an offset it is in --tz"
     )
+    add.add_argument("--course", help="course, for the course trend report")
     add.set_defaults(handler=_lecture_add)
 
     listing = lecture_commands.add_parser(
@@ -209,7 +239,8 @@ def _add_lecture_parsers(
         "--planned-min",
         type=int,
         default=DEFAULT_AD_HOC_MIN,
-        help=f"end used until 'lecture stop', in minutes after the start (default: {DEFAULT_AD_HOC_MIN})",
+        help=f"end used until 'lecture stop', in minutes after the start, 1 to {MAX_AD_HOC_MIN} "
+        f"(default: {DEFAULT_AD_HOC_MIN})",
     )
     start.set_defaults(handler=_lecture_start)
 
@@ -222,8 +253,12 @@ def _add_lecture_parsers(
     )
     timetable.add_argument("path", type=Path, metavar="FILE", help="timetable: .csv or .ics")
     timetable.add_argument("--room", help="room of lectures without a room column or LOCATION")
-    timetable.add_argument("--from", dest="range_from", help="expand recurring events from this date (in --tz)")
-    timetable.add_argument("--to", dest="range_to", help="expand recurring events up to this date (in --tz)")
+    timetable.add_argument(
+        "--from", dest="range_from", help="for .ics: import events from this date or time (in --tz)"
+    )
+    timetable.add_argument(
+        "--to", dest="range_to", help="for .ics: import events up to this date or time (in --tz)"
+    )
     timetable.set_defaults(handler=_lecture_import)
 
 
@@ -237,6 +272,11 @@ def _read_password(args: argparse.Namespace) -> str | None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.password_file is not None and not args.username:
+        raise ConfigError(
+            f"--password-file {str(args.password_file)!r} needs --username: the broker checks a password "
+            "only with a username. Add --username NAME, or drop --password-file"
+        )
     settings = IngestSettings(
         username=args.username,
         password=_read_password(args) if args.username else None,
@@ -280,12 +320,15 @@ def _run(args: argparse.Namespace) -> int:
 
 def _lecture_add(args: argparse.Namespace) -> int:
     zone = resolve_zone(args.tz)
+    check_lecture_fields("lecture add", args.room, args.title, args.course)
     start = parse_time(args.start, zone, "--start")
     end = parse_time(args.end, zone, "--end")
     if end <= start:
         raise ConfigError(f"--end {args.end!r} is not after --start {args.start!r}: correct or swap them")
     with Store.open(args.db) as store:
-        lecture = store.add_lecture(room=args.room, title=args.title, start=start, end=end)
+        lecture = store.add_lecture(
+            room=args.room, title=args.title, start=start, end=end, course=args.course
+        )
     print(lecture.id)
     print(f"Added lecture {lecture.id}: {_describe(lecture, zone)}", file=sys.stderr)
     return 0
@@ -293,7 +336,7 @@ def _lecture_add(args: argparse.Namespace) -> int:
 
 def _lecture_list(args: argparse.Namespace) -> int:
     zone = resolve_zone(args.tz)
-    with Store.open(args.db) as store:
+    with _open_existing_store(args.db) as store:
         lectures = store.list_lectures(room=args.room)
     if not lectures:
         print("No lectures yet: add one with 'aggregator lecture add'", file=sys.stderr)
@@ -309,10 +352,25 @@ def _lecture_list(args: argparse.Namespace) -> int:
 
 def _lecture_start(args: argparse.Namespace) -> int:
     zone = resolve_zone(args.tz)
-    if args.planned_min < 1:
-        raise ConfigError(f"Invalid --planned-min {args.planned_min}: use at least 1")
-    now = datetime.now(UTC).replace(microsecond=0)
+    if not 1 <= args.planned_min <= MAX_AD_HOC_MIN:
+        raise ConfigError(
+            f"Invalid --planned-min {args.planned_min}: use 1 to {MAX_AD_HOC_MIN} minutes, and end the "
+            "lecture with 'aggregator lecture stop'"
+        )
+    check_lecture_fields("lecture start", args.room, args.title, args.course)
+    # 'lecture stop' ends a lecture at a time with microseconds, so the check uses them too.
+    exact_now = datetime.now(UTC)
+    now = exact_now.replace(microsecond=0)
     with Store.open(args.db) as store:
+        # NOTE: check and insert are two transactions, so two 'lecture start' at the same
+        # moment can still both succeed.
+        running = _running_ad_hoc_lecture(store, args.room, exact_now)
+        if running is not None:
+            raise ConfigError(
+                f"Lecture {running.id} {running.title!r} already runs in room {args.room!r} since "
+                f"{_local_time(running.start, zone)}: end it with "
+                f"'aggregator lecture stop --room {shlex.quote(args.room)}' before you start another"
+            )
         lecture = store.add_lecture(
             args.room, args.title, now, now + timedelta(minutes=args.planned_min),
             course=args.course, source=LectureSource.AD_HOC,
@@ -322,9 +380,18 @@ def _lecture_start(args: argparse.Namespace) -> int:
     return 0
 
 
+def _running_ad_hoc_lecture(store: Store, room: str, now: datetime) -> Lecture | None:
+    # The same query as Store.stop_lecture: the latest ad hoc lecture of the room that runs at now.
+    started = store.list_lectures(room=room, end=now + timedelta(microseconds=1))
+    running = [
+        lecture for lecture in started if lecture.source is LectureSource.AD_HOC and lecture.end > now
+    ]
+    return running[-1] if running else None
+
+
 def _lecture_stop(args: argparse.Namespace) -> int:
     zone = resolve_zone(args.tz)
-    with Store.open(args.db) as store:
+    with _open_existing_store(args.db) as store:
         lecture = store.stop_lecture(args.room, datetime.now(UTC))
     print(lecture.id)
     print(f"Stopped lecture {lecture.id}: {_describe(lecture, zone)}", file=sys.stderr)
@@ -332,61 +399,50 @@ def _lecture_stop(args: argparse.Namespace) -> int:
 
 
 def _lecture_import(args: argparse.Namespace) -> int:
-    from aggregator.timetable import read_csv_timetable, read_ics_timetable
-
     zone = resolve_zone(args.tz)
     suffix = args.path.suffix.lower()
     if suffix == ".csv":
+        if args.range_from or args.range_to:
+            raise ConfigError(
+                "--from and --to apply to .ics files only: a CSV timetable lists each lecture, "
+                "so drop them and delete the rows you do not want"
+            )
         entries = read_csv_timetable(args.path, args.room, zone)
-        source = LectureSource.CSV
+        with Store.open(args.db) as store:
+            result = store.import_timetable(entries, LectureSource.CSV)
     elif suffix in (".ics", ".ical"):
-        start = _range_time(args.range_from, zone, "--from") if args.range_from else None
-        end = _range_time(args.range_to, zone, "--to") if args.range_to else None
-        entries = read_ics_timetable(args.path, args.room, zone, start, end)
-        source = LectureSource.ICS
+        start = parse_day_or_time(args.range_from, zone, "--from") if args.range_from else None
+        end = parse_day_or_time(args.range_to, zone, "--to") if args.range_to else None
+        if start is not None and end is not None and end <= start:
+            raise ConfigError(
+                f"--to {args.range_to!r} is not after --from {args.range_from!r}: correct or swap them"
+            )
+        timetable = read_ics_timetable(args.path, args.room, zone, start, end)
+        with Store.open(args.db) as store:
+            adopt_earlier_uids(store, timetable)
+            result = store.import_timetable(timetable.entries, LectureSource.ICS)
     else:
         raise ConfigError(f"Unknown timetable type {args.path.name!r}: give a .csv or .ics file")
-    with Store.open(args.db) as store:
-        result = store.import_timetable(entries, source)
     print(f"Imported {args.path.name}: {result.added} lectures added, {result.updated} updated", file=sys.stderr)
     return 0
 
 
-def _range_time(text: str, zone: Zone, option: str) -> datetime:
-    # A bare date means local midnight of that day.
-    return parse_time(text if ("T" in text or " " in text.strip()) else f"{text}T00:00", zone, option)
-
-
 def _report(args: argparse.Namespace) -> int:
-    from aggregator import exports
-
     zone = resolve_zone(args.tz)
     if args.lecture_id is not None:
-        if args.room or args.course:
-            raise ConfigError("Give either a LECTURE_ID or --room/--course with --from and --to, not both")
-        with Store.open(args.db) as store:
-            report = compute_report(store, args.lecture_id, zone, step_s=args.step_s)
-        renderers = {"text": render_text, "csv": exports.lecture_csv, "json": exports.lecture_json}
-        if args.format == "html":
-            from aggregator.html_report import render_lecture_html
-
-            output = render_lecture_html(report)
-        else:
-            output = renderers[args.format](report)
+        if args.room or args.course or args.range_from or args.range_to:
+            raise ConfigError(
+                f"Give either LECTURE_ID {args.lecture_id} or --room/--course with --from and --to, not both"
+            )
+        if not 1 <= args.lecture_id <= MAX_LECTURE_ID:
+            raise ConfigError(
+                f"Invalid LECTURE_ID {args.lecture_id}: use an id that 'aggregator lecture list' shows"
+            )
+        if not 1 <= args.step_s <= MAX_STEP_S:
+            raise ConfigError(f"Invalid --step-s {args.step_s}: use 1 to {MAX_STEP_S} seconds (366 days)")
+        output = _lecture_report(args, zone)
     else:
-        if not (args.range_from and args.range_to):
-            raise ConfigError("A report needs a LECTURE_ID, or --room or --course with --from and --to")
-        start = _range_time(args.range_from, zone, "--from")
-        end = _range_time(args.range_to, zone, "--to")
-        with Store.open(args.db) as store:
-            range_report = compute_range_report(store, zone, start, end, room=args.room, course=args.course)
-        range_renderers = {"text": render_range_text, "csv": exports.range_csv, "json": exports.range_json}
-        if args.format == "html":
-            from aggregator.html_report import render_range_html
-
-            output = render_range_html(range_report)
-        else:
-            output = range_renderers[args.format](range_report)
+        output = _range_report(args, zone)
     if args.output is None:
         sys.stdout.write(output)
         return 0
@@ -398,10 +454,54 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lecture_report(args: argparse.Namespace, zone: Zone) -> str:
+    from aggregator import exports
+
+    with _open_existing_store(args.db) as store:
+        report = compute_report(store, args.lecture_id, zone, step_s=args.step_s)
+    if args.format == "html":
+        from aggregator.html_report import render_lecture_html
+
+        return render_lecture_html(report)
+    renderers = {"text": render_text, "csv": exports.lecture_csv, "json": exports.lecture_json}
+    return renderers[args.format](report)
+
+
+def _range_report(args: argparse.Namespace, zone: Zone) -> str:
+    from aggregator import exports
+
+    ranged = bool(args.range_from or args.range_to)
+    if not (args.room or args.course):
+        if ranged:
+            raise ConfigError("A report from --from to --to needs --room ROOM or --course COURSE")
+        raise ConfigError("A report needs a LECTURE_ID, or --room or --course with --from and --to")
+    if args.room and args.course:
+        raise ConfigError("Give either --room or --course for a report over a date range, not both")
+    if not (args.range_from and args.range_to):
+        raise ConfigError(
+            "A room or course report needs both --from and --to, such as --from 2026-03-01 --to 2026-04-01"
+        )
+    start = parse_day_or_time(args.range_from, zone, "--from")
+    end = parse_day_or_time(args.range_to, zone, "--to")
+    if end <= start:
+        raise ConfigError(
+            f"--to {args.range_to!r} is not after --from {args.range_from!r}: correct or swap them"
+        )
+    with _open_existing_store(args.db) as store:
+        range_report = compute_range_report(store, zone, start, end, room=args.room, course=args.course)
+    if args.format == "html":
+        from aggregator.html_report import render_range_html
+
+        return render_range_html(range_report)
+    renderers = {"text": render_range_text, "csv": exports.range_csv, "json": exports.range_json}
+    return renderers[args.format](range_report)
+
+
 def _devices(args: argparse.Namespace) -> int:
     zone = resolve_zone(args.tz)
+    check_silent_after_s(args.silent_after_s, "--silent-after-s")
     now = datetime.now(UTC)
-    with Store.open(args.db) as store:
+    with _open_existing_store(args.db) as store:
         devices = list_devices(store)
     if not devices:
         print("No devices yet: they appear with their first window, status or stats message", file=sys.stderr)
@@ -417,22 +517,83 @@ def _devices(args: argparse.Namespace) -> int:
             f"{device.device_id:<20}  {device.room or '-':<12}  {device.status or '-':<8}  "
             f"{last_seen:%Y-%m-%d %H:%M:%S}  {ago_s:>8.0f}s  {flag}".rstrip()
         )
-    print(f"{len(devices)} devices, {silent} silent (offline, or nothing for {args.silent_after_s:g} s)", file=sys.stderr)
+    print(
+        f"{len(devices)} devices, {silent} silent (offline, or nothing for {args.silent_after_s:.15g} s)",
+        file=sys.stderr,
+    )
     return 0
 
 
 def _purge(args: argparse.Namespace) -> int:
-    if args.retention_days < 1:
-        raise ConfigError(f"Invalid --retention-days {args.retention_days}: use at least 1")
-    cutoff = datetime.now(UTC) - timedelta(days=args.retention_days)
+    retention_days = _retention_days(args.retention_days)
+    cutoff = datetime.now(UTC) - timedelta(days=retention_days)
     with Store.open(args.db) as store:
         result = store.purge_before(cutoff)
     print(
-        f"Purged data before {cutoff.isoformat(timespec='seconds')} ({args.retention_days} days): "
+        f"Purged data before {cutoff.isoformat(timespec='seconds')} ({retention_days} days): "
         f"{result.windows} windows, {result.lectures} lectures, {result.devices} devices",
         file=sys.stderr,
     )
     return 0
+
+
+def _retention_days(option: int | None) -> int:
+    """Return the retention period in days: --retention-days, else $AGGREGATOR_RETENTION_DAYS, else 365.
+
+    Raises:
+        ConfigError: the value is not a whole number from 1 to MAX_RETENTION_DAYS.
+    """
+    allowed = f"use a whole number of days from 1 to {MAX_RETENTION_DAYS}"
+    if option is not None:
+        days, source = option, f"--retention-days {option}"
+    else:
+        text = os.environ.get(RETENTION_ENVIRONMENT_VARIABLE, "").strip()
+        if not text:
+            return DEFAULT_RETENTION_DAYS
+        source = f"{RETENTION_ENVIRONMENT_VARIABLE} {text!r}"
+        try:
+            days = int(text)
+        except ValueError:
+            raise ConfigError(
+                f"Invalid {source}: {allowed}, or unset it for {DEFAULT_RETENTION_DAYS}"
+            ) from None
+    if not 1 <= days <= MAX_RETENTION_DAYS:
+        raise ConfigError(f"Invalid {source}: {allowed}")
+    return days
+
+
+def _open_existing_store(url: str) -> Store:
+    """Open the database of a command that reads or changes existing rows only.
+
+    A missing SQLite file is an error here: opening it would create an empty database,
+    and a mistyped --db would then look like a database without lectures.
+    """
+    path = _sqlite_file(url)
+    if path is not None and not path.exists():
+        raise ConfigError(
+            f"No database at {str(path)!r}: check --db or ${DB_ENVIRONMENT_VARIABLE}. "
+            "'aggregator run' and 'aggregator lecture add' create a new one"
+        )
+    return Store.open(url)
+
+
+def _sqlite_file(url: str) -> Path | None:
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return None  # Store.open reports the malformed URL.
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    database = parsed.database or ""
+    # In-memory databases and SQLite URI file names are left to Store.open.
+    if database in ("", ":memory:") or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def _local_time(moment: datetime, zone: Zone) -> str:
+    local = moment.astimezone(zone.tzinfo)
+    return f"{local:%Y-%m-%d %H:%M} {format_offset(local)}"
 
 
 def _describe(lecture: Lecture, zone: Zone) -> str:

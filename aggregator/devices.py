@@ -17,6 +17,7 @@ for ``silent_after_s``.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -27,6 +28,7 @@ from sqlalchemy import Connection, case, or_, select
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from aggregator.errors import ConfigError
 from aggregator.models import DeviceRow
 
 if TYPE_CHECKING:
@@ -35,6 +37,9 @@ if TYPE_CHECKING:
 DEVICE_STATUSES = ("online", "offline", "stopped")
 MAX_STATS_BYTES = 16 * 1024
 DEFAULT_SILENT_AFTER_S = 120
+# Any device quiet for a year is silent, and the bound keeps the timedelta in
+# ``Device.silent`` far from overflowing.
+MAX_SILENT_AFTER_S = 366 * 24 * 3600
 
 
 class DeviceTopic(StrEnum):
@@ -82,8 +87,26 @@ class Device:
         return data if isinstance(data, dict) else {}
 
     def silent(self, now: datetime, silent_after_s: float = DEFAULT_SILENT_AFTER_S) -> bool:
-        """Return True when the device's last will fired or nothing arrived for ``silent_after_s``."""
+        """Return True when the device's last will fired or nothing arrived for ``silent_after_s``.
+
+        Raises:
+            ConfigError: ``silent_after_s`` is out of range (see ``check_silent_after_s``).
+        """
+        check_silent_after_s(silent_after_s)
         return self.status == "offline" or now - self.last_seen > timedelta(seconds=silent_after_s)
+
+
+def check_silent_after_s(seconds: float, name: str = "silent_after_s") -> None:
+    """Check that ``seconds`` is a finite time above 0 and at most MAX_SILENT_AFTER_S.
+
+    Raises:
+        ConfigError: naming ``name`` and the value.
+    """
+    if not (math.isfinite(seconds) and 0 < seconds <= MAX_SILENT_AFTER_S):
+        raise ConfigError(
+            f"Invalid {name} {seconds:.15g}: use a number of seconds above 0 and at most "
+            f"{MAX_SILENT_AFTER_S} (366 days)"
+        )
 
 
 def parse_status(payload: bytes) -> str:

@@ -108,7 +108,8 @@ class LectureRow(Base):
     course: Mapped[str | None] = mapped_column(String(COURSE_LENGTH))
     # manual, ad-hoc, csv or ics: see aggregator.store.LectureSource.
     source: Mapped[str] = mapped_column(String(16), server_default="manual")
-    # Key of the lecture in its timetable: the CSV row's uid, or the iCalendar UID and start.
+    # Key of the lecture in its timetable: the CSV row's uid, or the iCalendar UID (and, for an
+    # occurrence of a recurring event, its original start in UTC).
     source_uid: Mapped[str | None] = mapped_column(String(SOURCE_UID_LENGTH))
 
 

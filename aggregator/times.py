@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, date, datetime, time, tzinfo
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -83,6 +83,32 @@ def parse_time(text: str, zone: Zone, option: str) -> datetime:
         ) from None
     if "T" not in text and " " not in text.strip():
         raise ConfigError(f"{option} {text!r} has no time of day: use {example}")
+    return _to_utc(moment, text, zone, option)
+
+
+def parse_day_or_time(text: str, zone: Zone, option: str) -> datetime:
+    """Parse an ISO 8601 date, meaning local midnight in ``zone``, or a date and time as ``parse_time`` does.
+
+    Errors name ``text`` as given, not the midnight that a bare date stands for.
+
+    Raises:
+        ConfigError: the text is neither a date nor a date and time, or names a local time
+            that the zone skips or repeats.
+    """
+    stripped = text.strip()
+    if "T" in stripped or " " in stripped:
+        return parse_time(text, zone, option)
+    try:
+        day = date.fromisoformat(stripped)
+    except ValueError:
+        raise ConfigError(
+            f"Invalid {option} {text!r}: use an ISO 8601 date such as 2026-03-02, "
+            "or a date and time such as 2026-03-02T08:15"
+        ) from None
+    return _to_utc(datetime.combine(day, time()), text, zone, option)
+
+
+def _to_utc(moment: datetime, text: str, zone: Zone, option: str) -> datetime:
     # Converting times next to year 1 or 9999 to UTC overflows, and no lecture is held then.
     if not 1970 <= moment.year <= 9000:
         raise ConfigError(f"{option} {text!r} is out of range: use a year from 1970 to 9000")

@@ -3,77 +3,213 @@
 CSV: a header row with the columns ``title``, ``start`` and ``end``, and optionally
 ``course``, ``room`` and ``uid``. Times are ISO 8601; a time without a UTC offset is
 local time in the school's zone. ``room`` defaults to the room given to the import,
-``course`` to the title, and ``uid`` to the room, start and title.
+``course`` to the title, and ``uid`` to the room, start and title. Two rows with the
+same room and uid are an error, because the second would overwrite the first.
 
 iCalendar: each VEVENT is a lecture with SUMMARY as title, CATEGORIES (first value)
 or else SUMMARY as course, and LOCATION or else the given room as room. Recurring
 events (RRULE, RDATE, EXDATE and moved occurrences with RECURRENCE-ID) are expanded
 with ``recurring_ical_events`` within [start, end). A DTSTART with a TZID keeps its
 local clock time across daylight saving changes; a floating DTSTART is read in the
-school's zone.
+school's zone. An event may have at most MAX_OCCURRENCES_PER_EVENT occurrences that
+start in the import range.
+
+The key of an iCalendar lecture (its ``uid`` in the store) is the event's UID for a
+single event, so an event that moves keeps its lecture. For an occurrence of a
+recurring event it is the UID and the occurrence's original start in UTC (its
+RECURRENCE-ID), ``UID|2026-03-16T08:00:00+00:00``. Earlier versions keyed single
+events by UID and start as well, and ``adopt_earlier_uids`` renames such lectures.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
-from datetime import UTC, date, datetime, timedelta
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from pathlib import Path
+from typing import Any
 
-from aggregator.errors import ConfigError
-from aggregator.store import TimetableEntry
+from sqlalchemy import Connection, Table, select, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from aggregator.errors import ConfigError, StoreError
+from aggregator.models import COURSE_LENGTH, ROOM_LENGTH, SOURCE_UID_LENGTH, TITLE_LENGTH, LectureRow
+from aggregator.store import LectureSource, Store, TimetableEntry
 from aggregator.times import Zone, parse_time
 
 log = logging.getLogger(__name__)
 
 CSV_REQUIRED_COLUMNS = ("title", "start", "end")
+CSV_COLUMNS = (*CSV_REQUIRED_COLUMNS, "course", "room", "uid")
 # A timetable without an end date is expanded this far after its first lecture.
 DEFAULT_EXPANSION_DAYS = 366
+# Occurrences of one event that may start in the import range: a daily lecture for ten
+# years fits. Each expanded occurrence costs about 2 KiB while it is read (measured with
+# recurring-ical-events 3.8), so the cap keeps a rule such as FREQ=MINUTELY from filling
+# the memory.
+MAX_OCCURRENCES_PER_EVENT = 5000
+# Occurrences of one rule from its DTSTART to the end of the import range. The expansion
+# generates and caches all of them (an estimated 60 bytes each), also those before the range.
+MAX_RULE_OCCURRENCES = 200_000
+# The stored key of an occurrence adds "|" and a UTC time of 25 characters to the UID.
+MAX_EVENT_UID_LENGTH = SOURCE_UID_LENGTH - len("|2026-03-16T08:00:00+00:00")
+# Years of DTSTART and DTEND: 1900 admits old yearly events, and both bounds keep the
+# conversion to UTC far from overflowing.
+MIN_EVENT_YEAR = 1900
+MAX_EVENT_YEAR = 9000
+# Values longer than this are shortened in error messages.
+MESSAGE_VALUE_LENGTH = 60
+# Properties that the import reads; an unreadable value of any of them rejects the event.
+ICS_PROPERTIES = (
+    "UID", "SUMMARY", "LOCATION", "CATEGORIES", "DTSTART", "DTEND", "DURATION",
+    "RRULE", "RDATE", "EXDATE", "RECURRENCE-ID",
+)  # fmt: skip
+ICS_TIME_PROPERTIES = ("DTSTART", "DTEND", "RECURRENCE-ID", "RDATE", "EXDATE")
+ICS_EXAMPLES = {
+    "DTSTART": "20260316T090000", "DTEND": "20260316T103000", "DURATION": "PT1H30M",
+    "RRULE": "FREQ=WEEKLY;COUNT=12", "RDATE": "20260316T090000", "EXDATE": "20260316T090000",
+    "RECURRENCE-ID": "20260316T090000",
+}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class IcsTimetable:
+    """Lectures of an iCalendar file, and the uids that earlier versions gave some of them.
+
+    ``earlier_uids`` maps (room, uid) to the uid that versions before the UID-based keys
+    stored, for the lectures whose key changed.
+    """
+
+    entries: list[TimetableEntry]
+    earlier_uids: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+def shorten(text: str, limit: int = MESSAGE_VALUE_LENGTH) -> str:
+    """Return ``text`` quoted, cut to ``limit`` characters with its length added when it is longer."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+def check_lecture_fields(where: str, room: str, title: str, course: str | None) -> None:
+    """Check room, title and course against the store's limits; errors start with ``where``.
+
+    The store checks the same limits, but its messages show the whole value and no line.
+
+    Raises:
+        ConfigError: a value is empty, too long or has unprintable characters.
+    """
+    if not room or len(room) > ROOM_LENGTH or room != room.strip() or not room.isprintable():
+        raise ConfigError(
+            f"{where}: invalid room {shorten(room)}: use 1 to {ROOM_LENGTH} printable characters without "
+            "leading or trailing spaces, as in the agents' config"
+        )
+    if not title.strip() or len(title) > TITLE_LENGTH or not title.isprintable():
+        raise ConfigError(
+            f"{where}: invalid title {shorten(title)}: use 1 to {TITLE_LENGTH} printable characters"
+        )
+    if course is not None and (not course.strip() or len(course) > COURSE_LENGTH or not course.isprintable()):
+        raise ConfigError(
+            f"{where}: invalid course {shorten(course)}: use 1 to {COURSE_LENGTH} printable characters"
+        )
 
 
 def read_csv_timetable(path: Path, room: str | None, zone: Zone) -> list[TimetableEntry]:
     """Read the lectures of a CSV timetable.
 
     Raises:
-        ConfigError: the file is missing, lacks a column, or a row has an invalid value.
+        ConfigError: the file is missing, has an unknown or missing column, a row has an
+            invalid value, or two rows have the same room and uid. Messages name the line.
     """
     try:
         with path.open(newline="", encoding="utf-8-sig") as file:
-            rows = list(csv.DictReader(file))
-            columns = rows[0].keys() if rows else []
+            reader = csv.DictReader(file)
+            # line_num after a row is the file line where the row ends; rows may span lines.
+            rows = [(reader.line_num, row) for row in reader]
+            columns = reader.fieldnames or []
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise ConfigError(f"Cannot read the timetable {str(path)!r}: {error}") from None
-    missing = [column for column in CSV_REQUIRED_COLUMNS if column not in columns]
-    if rows and missing:
-        raise ConfigError(
-            f"The timetable {str(path)!r} has no column {', '.join(missing)}: its header must contain "
-            "title,start,end and may add course,room,uid"
-        )
+    _check_csv_columns(path, columns, bool(rows))
+
     entries = []
-    for line, row in enumerate(rows, start=2):
+    first_line: dict[tuple[str, str], int] = {}
+    for line, row in rows:
         where = f"{path.name} line {line}"
-        row_room = (row.get("room") or "").strip() or room
-        if not row_room:
-            raise ConfigError(f"{where} has no room: add a room column or give --room")
-        title = (row.get("title") or "").strip()
-        start = parse_time(row.get("start") or "", zone, f"{where} start")
-        end = parse_time(row.get("end") or "", zone, f"{where} end")
-        course = (row.get("course") or "").strip() or title
-        uid = (row.get("uid") or "").strip() or f"{row_room}|{start.isoformat()}|{title}"
-        entries.append(TimetableEntry(room=row_room, title=title, start=start, end=end, course=course, uid=uid))
+        if row.get(None):  # type: ignore[call-overload]
+            raise ConfigError(
+                f"{where} has more cells than the header has columns: quote cells that contain commas"
+            )
+        entry = _csv_entry(row, where, room, zone)
+        key = (entry.room, entry.uid)
+        if key in first_line:
+            raise ConfigError(_duplicate_row_message(path, first_line[key], line, entry, "uid" in columns))
+        first_line[key] = line
+        entries.append(entry)
     return entries
+
+
+def _check_csv_columns(path: Path, columns: Iterable[str], has_rows: bool) -> None:
+    columns = list(columns)
+    header = "its header must contain title,start,end and may add course,room,uid"
+    unknown = [column for column in columns if column not in CSV_COLUMNS]
+    if unknown:
+        names = ", ".join(shorten(column) for column in unknown)
+        raise ConfigError(f"The timetable {str(path)!r} has unknown columns {names}: {header}")
+    missing = [column for column in CSV_REQUIRED_COLUMNS if column not in columns]
+    if has_rows and missing:
+        raise ConfigError(f"The timetable {str(path)!r} has no column {', '.join(missing)}: {header}")
+
+
+def _csv_entry(row: dict[str, str], where: str, room: str | None, zone: Zone) -> TimetableEntry:
+    row_room = (row.get("room") or "").strip() or room
+    if not row_room:
+        raise ConfigError(f"{where} has no room: add a room column or give --room")
+    title = (row.get("title") or "").strip()
+    course = (row.get("course") or "").strip() or title
+    check_lecture_fields(where, row_room, title, course)
+    start_text = row.get("start") or ""
+    end_text = row.get("end") or ""
+    start = parse_time(start_text, zone, f"{where} start")
+    end = parse_time(end_text, zone, f"{where} end")
+    if end <= start:
+        raise ConfigError(
+            f"{where}: end {end_text!r} is not after start {start_text!r}: correct or swap them"
+        )
+    uid = (row.get("uid") or "").strip() or f"{row_room}|{start.isoformat()}|{title}"
+    if len(uid) > SOURCE_UID_LENGTH:
+        raise ConfigError(
+            f"{where}: uid {shorten(uid)} is too long: use at most {SOURCE_UID_LENGTH} characters"
+        )
+    return TimetableEntry(room=row_room, title=title, start=start, end=end, course=course, uid=uid)
+
+
+def _duplicate_row_message(path: Path, first: int, second: int, entry: TimetableEntry, has_uids: bool) -> str:
+    lines = f"{path.name} lines {first} and {second}"
+    if has_uids:
+        return (
+            f"{lines} have the same uid {shorten(entry.uid)} in room {entry.room!r}, so the second would "
+            "overwrite the first: give each lecture its own uid"
+        )
+    return (
+        f"{lines} are the same lecture (room {entry.room!r}, start {entry.start.isoformat()}, title "
+        f"{shorten(entry.title)}): delete one of them"
+    )
 
 
 def read_ics_timetable(
     path: Path, room: str | None, zone: Zone, start: datetime | None = None, end: datetime | None = None
-) -> list[TimetableEntry]:
+) -> IcsTimetable:
     """Read the lectures of an iCalendar file, expanding recurring events within [start, end).
 
     Without ``start`` the expansion begins at the first event, and without ``end`` it
-    stops DEFAULT_EXPANSION_DAYS later.
+    stops DEFAULT_EXPANSION_DAYS later. Returns the lectures by start time, and the
+    uids that earlier versions gave those whose key changed (see the module docstring).
 
     Raises:
-        ConfigError: the file is missing or not iCalendar, or an event lacks a start or a room.
+        ConfigError: the file is missing or not iCalendar, the range is empty, or an event
+            lacks a start or a room, has an invalid or unknown value, or too many occurrences.
     """
     import icalendar
     import recurring_ical_events
@@ -81,46 +217,228 @@ def read_ics_timetable(
     try:
         calendar = icalendar.Calendar.from_ical(path.read_bytes())
     except (OSError, ValueError) as error:
-        raise ConfigError(f"Cannot read the iCalendar file {str(path)!r}: {error}") from None
+        # icalendar's message quotes the unreadable line, which may be long or binary.
+        detail = shorten(" ".join(str(error).split()), 160)
+        raise ConfigError(f"Cannot read the iCalendar file {str(path)!r}: {detail}") from None
     events = list(calendar.walk("VEVENT"))
     if not events:
-        return []
+        return IcsTimetable(entries=[])
+    for event in events:
+        _check_event(event, path, zone)
     if start is None:
-        start = min(_to_utc(event.decoded("DTSTART"), zone) for event in events if "DTSTART" in event)
+        start = min(_local_to_utc(event.decoded("DTSTART"), zone) for event in events)
     if end is None:
         end = start + timedelta(days=DEFAULT_EXPANSION_DAYS)
+    if end <= start:
+        raise ConfigError(
+            f"The import range of {path.name} ends at {end.isoformat()}, not after its start "
+            f"{start.isoformat()} (--from, else the first event's DTSTART): give a later --to"
+        )
+    for event in events:
+        if "RRULE" in event:
+            _check_occurrence_count(event, path, zone, start, end)
     try:
         occurrences = recurring_ical_events.of(calendar).between(start, end)
     except Exception as error:  # the library raises several types for malformed rules
         raise ConfigError(f"Cannot expand the events of {str(path)!r}: {error}") from None
 
-    entries = []
+    recurring = _recurring_uids(events)
+    timetable = IcsTimetable(entries=[])
     for occurrence in occurrences:
-        title = str(occurrence.get("SUMMARY", "")).strip()
-        occurrence_room = str(occurrence.get("LOCATION", "")).strip() or room
-        if not occurrence_room:
-            raise ConfigError(f"Event {title!r} in {path.name} has no LOCATION: give --room")
-        begins = _to_utc(occurrence.decoded("DTSTART"), zone)
-        if "DTEND" in occurrence:
-            finishes = _to_utc(occurrence.decoded("DTEND"), zone)
-        elif "DURATION" in occurrence:
-            finishes = begins + occurrence.decoded("DURATION")
-        else:
-            raise ConfigError(f"Event {title!r} in {path.name} has neither DTEND nor DURATION")
-        uid = str(occurrence.get("UID", "")) or title
-        entries.append(
-            TimetableEntry(
-                room=occurrence_room,
-                title=title,
-                start=begins,
-                end=finishes,
-                course=_course(occurrence) or title,
-                # A recurring event yields many lectures with one UID, so the start is part of the key.
-                uid=f"{uid}|{begins.isoformat()}",
-            )
+        entry, earlier_uid = _ics_entry(occurrence, path, room, zone, recurring)
+        timetable.entries.append(entry)
+        if earlier_uid != entry.uid:
+            timetable.earlier_uids[(entry.room, entry.uid)] = earlier_uid
+    _check_unique_ics_keys(timetable.entries, path)
+    timetable.entries.sort(key=lambda entry: (entry.start, entry.room))
+    return timetable
+
+
+def _ics_entry(
+    occurrence: Any, path: Path, room: str | None, zone: Zone, recurring: set[str]
+) -> tuple[TimetableEntry, str]:
+    title = str(occurrence.get("SUMMARY", "")).strip()
+    event_uid = str(occurrence.get("UID", "")).strip()
+    name = _event_name(title, event_uid, path)
+    if len(event_uid) > MAX_EVENT_UID_LENGTH:
+        raise ConfigError(
+            f"{name} has a UID of {len(event_uid)} characters: use at most {MAX_EVENT_UID_LENGTH}"
         )
-    entries.sort(key=lambda entry: (entry.start, entry.room))
-    return entries
+    occurrence_room = str(occurrence.get("LOCATION", "")).strip() or room
+    if not occurrence_room:
+        raise ConfigError(f"{name} has no LOCATION: give --room")
+    begins = _to_utc(occurrence.decoded("DTSTART"), zone, name)
+    if "DTEND" in occurrence:
+        finishes = _to_utc(occurrence.decoded("DTEND"), zone, name)
+    else:
+        finishes = begins + occurrence.decoded("DURATION")
+    if finishes <= begins:
+        raise ConfigError(
+            f"{name} on {begins.isoformat()} does not end after it starts: correct its DTEND or DURATION"
+        )
+    course = _course(occurrence) or title
+    check_lecture_fields(name, occurrence_room, title, course)
+
+    # Earlier versions keyed every occurrence by UID (or title) and start.
+    earlier_uid = f"{event_uid or title}|{begins.isoformat()}"
+    if not event_uid:
+        # Without a UID nothing identifies the event across imports but its title and start.
+        uid = earlier_uid
+    elif event_uid in recurring:
+        # The library sets RECURRENCE-ID on every occurrence: the original start, also of a moved one.
+        original = occurrence.decoded("RECURRENCE-ID") if "RECURRENCE-ID" in occurrence else begins
+        uid = f"{event_uid}|{_to_utc(original, zone, name).isoformat()}"
+    else:
+        uid = event_uid
+    entry = TimetableEntry(
+        room=occurrence_room, title=title, start=begins, end=finishes, course=course, uid=uid
+    )
+    return entry, earlier_uid
+
+
+def _check_unique_ics_keys(entries: list[TimetableEntry], path: Path) -> None:
+    seen: set[tuple[str, str]] = set()
+    for entry in entries:
+        key = (entry.room, entry.uid)
+        if key in seen:
+            raise ConfigError(
+                f"{path.name} has two events in room {entry.room!r} with the same key {shorten(entry.uid)} "
+                "(UID, else title and start): give each event its own UID"
+            )
+        seen.add(key)
+
+
+def _recurring_uids(events: list[Any]) -> set[str]:
+    recurring = set()
+    for event in events:
+        if any(name in event for name in ("RRULE", "RDATE", "RECURRENCE-ID")):
+            recurring.add(str(event.get("UID", "")).strip())
+    return recurring
+
+
+def _event_name(title: str, uid: str, path: Path) -> str:
+    uid_part = f" (UID {shorten(uid)})" if uid else ""
+    return f"Event {shorten(title)}{uid_part} in {path.name}"
+
+
+def _check_event(event: Any, path: Path, zone: Zone) -> None:
+    """Reject an event whose start or end is missing, unreadable or reversed, or whose TZID is unknown."""
+    name = _event_name(str(event.get("SUMMARY", "")).strip(), str(event.get("UID", "")).strip(), path)
+    for prop, message in getattr(event, "errors", []):
+        if prop in ICS_PROPERTIES:
+            example = ICS_EXAMPLES.get(prop)
+            fix = f"correct it, for example to {prop}:{example}" if example else "correct it"
+            raise ConfigError(f"{name} has an invalid {prop} ({shorten(str(message), 120)}): {fix}")
+    if "DTSTART" not in event:
+        raise ConfigError(f"{name} has no DTSTART: give every event a start time")
+    for prop in ICS_TIME_PROPERTIES:
+        for value in _values(event.get(prop)):
+            zone_id = value.params.get("TZID")
+            if zone_id and any(_is_naive(moment) for moment in _moments(value)):
+                # icalendar reads a time whose TZID it cannot resolve as floating time.
+                raise ConfigError(
+                    f"{name} has an unknown time zone TZID={shorten(str(zone_id))} in {prop}: use an IANA "
+                    "name such as Europe/Berlin, or add a VTIMEZONE with that TZID to the file"
+                )
+    _check_event_years(event, name)
+    _check_event_end(event, name, zone)
+
+
+def _check_event_years(event: Any, name: str) -> None:
+    for prop in ("DTSTART", "DTEND"):
+        if prop not in event:
+            continue
+        moment = event.decoded(prop)
+        if not MIN_EVENT_YEAR <= moment.year <= MAX_EVENT_YEAR:
+            raise ConfigError(
+                f"{name} has {prop} {moment.isoformat()}, out of range: use a year from {MIN_EVENT_YEAR} "
+                f"to {MAX_EVENT_YEAR}"
+            )
+
+
+def _check_event_end(event: Any, name: str, zone: Zone) -> None:
+    # recurring_ical_events swaps a DTEND before DTSTART and gives an event without an end
+    # zero length, so these checks run on the event as written.
+    if "DTEND" not in event and "DURATION" not in event:
+        raise ConfigError(f"{name} has neither DTEND nor DURATION: give it an end")
+    begins = event.decoded("DTSTART")
+    if "DTEND" in event:
+        finishes = event.decoded("DTEND")
+        if isinstance(begins, datetime) and isinstance(finishes, datetime):
+            if _local_to_utc(finishes, zone) <= _local_to_utc(begins, zone):
+                raise ConfigError(
+                    f"{name} has DTEND {finishes.isoformat()}, not after its DTSTART {begins.isoformat()}: "
+                    "correct or swap them"
+                )
+    elif event.decoded("DURATION") <= timedelta(0):
+        raise ConfigError(f"{name} has a DURATION that is not positive: give its length, such as PT1H30M")
+
+
+def _check_occurrence_count(event: Any, path: Path, zone: Zone, start: datetime, end: datetime) -> None:
+    """Count the occurrences of the event's rules without keeping them, and reject too many.
+
+    Counting runs on the local clock of DTSTART, as RRULE does. Times from EXDATE are
+    still counted, so the count is an upper bound.
+    """
+    from dateutil.rrule import rrulestr
+
+    name = _event_name(str(event.get("SUMMARY", "")).strip(), str(event.get("UID", "")).strip(), path)
+    first = event.decoded("DTSTART")
+    if isinstance(first, datetime):
+        rule_zone: tzinfo = first.tzinfo or zone.tzinfo
+        local_first = first.replace(tzinfo=None)
+    else:
+        rule_zone = zone.tzinfo
+        local_first = datetime.combine(first, time())
+    range_start = start.astimezone(rule_zone).replace(tzinfo=None)
+    range_end = end.astimezone(rule_zone).replace(tzinfo=None)
+
+    in_range = sum(len(value.dts) for value in _values(event.get("RDATE")))
+    for rule_value in _values(event.get("RRULE")):
+        text = rule_value.to_ical().decode()
+        try:
+            # ignoretz reads UNTIL on the same local clock as DTSTART; the count needs no more precision.
+            rule = rrulestr(text, dtstart=local_first, ignoretz=True, cache=False)
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f"{name} has an invalid RRULE {shorten(text)}: {error}") from None
+        for generated, moment in enumerate(rule, start=1):
+            if moment >= range_end:
+                break
+            if generated > MAX_RULE_OCCURRENCES:
+                raise ConfigError(
+                    f"{name}: its RRULE {shorten(text)} repeats more than {MAX_RULE_OCCURRENCES} times from "
+                    f"its DTSTART {first.isoformat()} to the end of the import range {end.isoformat()}: "
+                    "give the rule a COUNT or UNTIL, or the event a later DTSTART"
+                )
+            if moment < range_start:
+                continue
+            in_range += 1
+            if in_range > MAX_OCCURRENCES_PER_EVENT:
+                raise ConfigError(
+                    f"{name} has more than {MAX_OCCURRENCES_PER_EVENT} occurrences from {start.isoformat()} "
+                    f"to {end.isoformat()} (RRULE {shorten(text)}), the limit per event: narrow the range "
+                    "with --from and --to, or correct the rule"
+                )
+
+
+def _values(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def _moments(value: Any) -> list[Any]:
+    # A DTSTART-like property contains one value in .dt. RDATE and EXDATE contain a list in
+    # .dts, and an RDATE period in that list is a (start, end or duration) tuple.
+    if hasattr(value, "dts"):
+        moments = [item.dt for item in value.dts]
+    else:
+        moments = [value.dt]
+    return [moment[0] if isinstance(moment, tuple) else moment for moment in moments]
+
+
+def _is_naive(moment: Any) -> bool:
+    return isinstance(moment, datetime) and moment.tzinfo is None
 
 
 def _course(event: object) -> str | None:
@@ -133,10 +451,72 @@ def _course(event: object) -> str | None:
     return str(values[0]).strip() if values else None
 
 
-def _to_utc(moment: date | datetime, zone: Zone) -> datetime:
+def _local_to_utc(moment: date | datetime, zone: Zone) -> datetime:
+    # Only for the start of the import range: an all-day event counts from midnight.
     if not isinstance(moment, datetime):
-        raise ConfigError(f"All-day event on {moment.isoformat()} cannot be a lecture: give it a start time")
+        moment = datetime.combine(moment, time())
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=zone.tzinfo).astimezone(UTC)
+    return moment.astimezone(UTC)
+
+
+def _to_utc(moment: date | datetime, zone: Zone, name: str) -> datetime:
+    if not isinstance(moment, datetime):
+        raise ConfigError(
+            f"{name} is an all-day event on {moment.isoformat()}, not a lecture: give it a start time"
+        )
     if moment.tzinfo is None:
         # Floating time: the school's clock. fold=0 picks the first of a repeated hour.
         return moment.replace(tzinfo=zone.tzinfo).astimezone(UTC)
     return moment.astimezone(UTC)
+
+
+def adopt_earlier_uids(store: Store, timetable: IcsTimetable) -> int:
+    """Rename lectures that an earlier version imported under the old key of a single event.
+
+    A lecture stored under the earlier uid of an entry (UID and start) gets the entry's
+    uid, so importing the same file again updates it instead of adding a second lecture.
+    When the event moved before this import, the old start is unknown: a single lecture of
+    the room whose uid starts with ``UID|`` is taken then, and several are left alone.
+    Returns the number of lectures renamed.
+    """
+    if not timetable.earlier_uids:
+        return 0
+    table = LectureRow.__table__
+    renamed = 0
+    try:
+        with store.engine.begin() as connection:
+            renamed = _rename_earlier_uids(connection, table, timetable)
+    except SQLAlchemyError as error:
+        detail = " ".join(str(error).split())
+        raise StoreError(
+            f"Cannot rename the lectures of earlier imports in {store.display_url}: {detail}"
+        ) from error
+    if renamed:
+        log.info("Renamed %d lectures from the keys of earlier versions to their event UIDs", renamed)
+    return renamed
+
+
+def _rename_earlier_uids(connection: Connection, table: Table, timetable: IcsTimetable) -> int:
+    renamed = 0
+    for entry in timetable.entries:
+        earlier_uid = timetable.earlier_uids.get((entry.room, entry.uid))
+        if earlier_uid is None:
+            continue
+        in_room = (table.c.room == entry.room) & (table.c.source == LectureSource.ICS.value)
+        current = connection.execute(select(table.c.id).where(in_room, table.c.source_uid == entry.uid))
+        if current.first() is not None:
+            continue
+        candidates = connection.execute(
+            select(table.c.id).where(in_room, table.c.source_uid == earlier_uid)
+        ).scalars().all()
+        # A single event's earlier uid is its UID and start; a moved occurrence's is not.
+        single_event = earlier_uid == f"{entry.uid}|{entry.start.isoformat()}"
+        if not candidates and single_event:
+            same_uid = table.c.source_uid.startswith(f"{entry.uid}|", autoescape=True)
+            candidates = connection.execute(select(table.c.id).where(in_room, same_uid)).scalars().all()
+        if len(candidates) != 1:
+            continue
+        connection.execute(update(table).where(table.c.id == candidates[0]).values(source_uid=entry.uid))
+        renamed += 1
+    return renamed

@@ -96,6 +96,8 @@ def test_lecture_list(capsys, db_url: str) -> None:
 
 
 def test_lecture_list_empty(capsys, db_url: str) -> None:
+    Store.open(db_url).close()
+
     exit_code, out, err = run_cli(capsys, "lecture", "list", "--db", db_url)
 
     assert exit_code == 0
@@ -133,6 +135,8 @@ def test_report_step_option(capsys, db_url: str) -> None:
 
 
 def test_report_unknown_lecture(capsys, db_url: str) -> None:
+    Store.open(db_url).close()
+
     exit_code, out, err = run_cli(capsys, "report", "99", "--db", db_url)
 
     assert exit_code == 2

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from aggregator.cli import main
 from aggregator.devices import list_devices
+from aggregator.errors import ConfigError
 from aggregator.ingest import Ingest
 from aggregator.store import ReceivedWindow, Store
 from tests.conftest import Broker
@@ -118,3 +119,28 @@ def test_room_set_when_status_came_first(db_url: str) -> None:
     assert device.room == "B-101"
     assert device.status == "online"
     assert device.last_window_end == START + timedelta(seconds=10)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-5", "0", "31622401"])
+def test_devices_silent_after_invalid(db_url: str, capsys, value: str) -> None:
+    Store.open(db_url).close()
+
+    # The = form lets argparse read "-inf" as a value instead of an option.
+    exit_code = main(["devices", "--db", db_url, f"--silent-after-s={value}"])
+
+    err = capsys.readouterr().err
+    assert exit_code == 2
+    assert err.startswith(f"aggregator: error: Invalid --silent-after-s {value}: ")
+    assert "above 0 and at most 31622400 (366 days)" in err
+    assert err.count("\n") == 1
+
+
+def test_device_silent_checks_time(db_url: str) -> None:
+    now = datetime.now(UTC)
+    with Store.open(db_url) as store:
+        store.insert_windows([ReceivedWindow(make_window("cam-9", START, {"sad": 1}), now)])
+        [device] = list_devices(store)
+
+    assert device.silent(now, 31_622_400) is False
+    with pytest.raises(ConfigError, match="Invalid silent_after_s nan"):
+        device.silent(now, float("nan"))

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from aggregator import timetable
 from aggregator.cli import main
-from aggregator.store import LectureSource, Store
+from aggregator.store import LectureSource, Store, TimetableEntry
 from tests.test_aggregator_helpers import make_window, received
 
 ICS = """BEGIN:VCALENDAR
@@ -139,3 +140,449 @@ def test_purge_retention(db_url: str, capsys) -> None:
     with Store.open(db_url) as store:
         assert store.count_windows() == 1
         assert [lecture.title for lecture in store.list_lectures()] == ["New"]
+
+
+def calendar(*events: str) -> str:
+    """Return an iCalendar file with these VEVENT bodies, each without BEGIN and END lines."""
+    blocks = "".join(f"BEGIN:VEVENT\nDTSTAMP:20260101T000000Z\n{body.strip()}\nEND:VEVENT\n" for body in events)
+    return f"BEGIN:VCALENDAR\nVERSION:2.0\nPRODID:-//classroom-emotion-stats tests//EN\n{blocks}END:VCALENDAR\n"
+
+
+def import_file(capsys, db_url: str, path: Path, *options: str) -> tuple[int, str]:
+    exit_code = main(["lecture", "import", str(path), "--room", "B-101", "--tz", "Europe/Berlin", "--db", db_url,
+                      *options])  # fmt: skip
+    return exit_code, capsys.readouterr().err
+
+
+def assert_one_error(err: str, *parts: str) -> None:
+    assert err.startswith("aggregator: error: ")
+    assert err.count("\n") == 1
+    for part in parts:
+        assert part in err
+
+
+@pytest.mark.parametrize(
+    ("body", "parts"),
+    [
+        (
+            "UID:nostart@x\nSUMMARY:No start\nDTEND:20260316T090000Z",
+            ["Event 'No start' (UID 'nostart@x') in bad.ics has no DTSTART"],
+        ),
+        (
+            "UID:badstart@x\nSUMMARY:Bad start\nDTSTART:2026-03-16 09:00\nDTEND:20260316T100000Z",
+            ["Event 'Bad start' (UID 'badstart@x') in bad.ics has an invalid DTSTART", "2026-03-16 09:00",
+             "DTSTART:20260316T090000"],
+        ),
+        (
+            "UID:sometimes@x\nSUMMARY:Sometimes\nDTSTART:20260316T090000Z\nDTEND:20260316T100000Z\n"
+            "RRULE:FREQ=SOMETIMES;COUNT=3",
+            ["Event 'Sometimes' (UID 'sometimes@x') in bad.ics has an invalid RRULE", "SOMETIMES",
+             "RRULE:FREQ=WEEKLY;COUNT=12"],
+        ),
+        (
+            "UID:mars@x\nSUMMARY:Mars\nDTSTART;TZID=Mars/Olympus:20260316T090000\n"
+            "DTEND;TZID=Mars/Olympus:20260316T100000",
+            ["Event 'Mars' (UID 'mars@x') in bad.ics has an unknown time zone TZID='Mars/Olympus' in DTSTART",
+             "IANA name"],
+        ),
+        (
+            "UID:exdate@x\nSUMMARY:Exdate\nDTSTART;TZID=Europe/Berlin:20260316T090000\n"
+            "DTEND;TZID=Europe/Berlin:20260316T100000\nRRULE:FREQ=WEEKLY;COUNT=3\n"
+            "EXDATE;TZID=Mars/Olympus:20260323T090000",
+            ["unknown time zone TZID='Mars/Olympus' in EXDATE"],
+        ),
+        (
+            "UID:allday@x\nSUMMARY:Holiday\nDTSTART;VALUE=DATE:20260316\nDTEND;VALUE=DATE:20260317",
+            ["Event 'Holiday' (UID 'allday@x') in bad.ics is an all-day event on 2026-03-16"],
+        ),
+        (
+            "UID:noend@x\nSUMMARY:No end\nDTSTART:20260316T090000Z",
+            ["Event 'No end' (UID 'noend@x') in bad.ics has neither DTEND nor DURATION"],
+        ),
+        (
+            "UID:backwards@x\nSUMMARY:Backwards\nDTSTART:20260316T100000Z\nDTEND:20260316T090000Z",
+            ["Event 'Backwards' (UID 'backwards@x') in bad.ics has DTEND 2026-03-16T09:00:00+00:00, not after its "
+             "DTSTART 2026-03-16T10:00:00+00:00"],
+        ),
+        (
+            "UID:y1@x\nSUMMARY:Year one\nDTSTART:00010101T000000\nDTEND:00010101T010000",
+            ["Event 'Year one' (UID 'y1@x') in bad.ics has DTSTART 0001-01-01T00:00:00, out of range",
+             "from 1900 to 9000"],
+        ),
+        (
+            "UID:y9999@x\nSUMMARY:Last day\nDTSTART:20260316T090000Z\nDTEND:99991231T235959Z",
+            ["has DTEND 9999-12-31T23:59:59+00:00, out of range"],
+        ),
+        (
+            "UID:zero@x\nSUMMARY:Zero\nDTSTART:20260316T100000Z\nDURATION:PT0S",
+            ["Event 'Zero' (UID 'zero@x') in bad.ics has a DURATION that is not positive"],
+        ),
+        (
+            f"UID:long@x\nSUMMARY:{'y' * 5000}\nDTSTART:20260316T090000Z\nDTEND:20260316T100000Z",
+            ["invalid title", "(5000 characters)"],
+        ),
+    ],
+)
+def test_ics_invalid_event(tmp_path: Path, db_url: str, capsys, body: str, parts: list[str]) -> None:
+    path = tmp_path / "bad.ics"
+    path.write_text(calendar("UID:fine@x\nSUMMARY:Fine\nDTSTART:20260316T120000Z\nDTEND:20260316T130000Z", body))
+
+    exit_code, err = import_file(capsys, db_url, path)
+
+    assert exit_code == 2
+    assert_one_error(err, *parts)
+    assert len(err) < 400
+    with Store.open(db_url) as store:
+        assert store.list_lectures() == []
+
+
+def test_ics_windows_and_vtimezone_zones(tmp_path: Path, db_url: str, capsys) -> None:
+    # A Windows zone name and a zone defined in the file are known, so neither is rejected.
+    vtimezone = (
+        "BEGIN:VTIMEZONE\nTZID:School Time\nBEGIN:STANDARD\nDTSTART:19701025T030000\nTZOFFSETFROM:+0200\n"
+        "TZOFFSETTO:+0100\nRRULE:FREQ=YEARLY;BYMONTH=10;BYDAY=-1SU\nEND:STANDARD\nBEGIN:DAYLIGHT\n"
+        "DTSTART:19700329T020000\nTZOFFSETFROM:+0100\nTZOFFSETTO:+0200\nRRULE:FREQ=YEARLY;BYMONTH=3;BYDAY=-1SU\n"
+        "END:DAYLIGHT\nEND:VTIMEZONE\n"
+    )
+    text = calendar(
+        "UID:win@x\nSUMMARY:Windows\nDTSTART;TZID=W. Europe Standard Time:20260316T090000\n"
+        "DTEND;TZID=W. Europe Standard Time:20260316T100000",
+        "UID:own@x\nSUMMARY:Own zone\nDTSTART;TZID=School Time:20260317T090000\n"
+        "DTEND;TZID=School Time:20260317T100000",
+    ).replace("PRODID:-//classroom-emotion-stats tests//EN\n", f"PRODID:-//classroom-emotion-stats tests//EN\n{vtimezone}")
+    path = tmp_path / "zones.ics"
+    path.write_text(text)
+
+    exit_code, err = import_file(capsys, db_url, path, "--tz", "UTC")
+
+    assert exit_code == 0, err
+    with Store.open(db_url) as store:
+        starts = [lecture.start for lecture in store.list_lectures()]
+    # 09:00 at UTC+01:00 in both zones, although --tz is UTC.
+    assert starts == [datetime(2026, 3, 16, 8, 0, tzinfo=UTC), datetime(2026, 3, 17, 8, 0, tzinfo=UTC)]
+
+
+def test_ics_minutely_rule_rejected(tmp_path: Path, db_url: str, capsys) -> None:
+    path = tmp_path / "minutely.ics"
+    path.write_text(calendar(
+        "UID:minutely@x\nSUMMARY:Every minute\nDTSTART:20260316T090000Z\nDTEND:20260316T090100Z\nRRULE:FREQ=MINUTELY"
+    ))  # fmt: skip
+
+    exit_code, err = import_file(capsys, db_url, path)
+
+    assert exit_code == 2
+    assert_one_error(
+        err, "Event 'Every minute' (UID 'minutely@x') in minutely.ics", "more than 5000 occurrences",
+        "RRULE 'FREQ=MINUTELY'", "--from and --to",
+    )  # fmt: skip
+
+
+def test_ics_occurrence_limit_boundary(tmp_path: Path, db_url: str, capsys, monkeypatch) -> None:
+    monkeypatch.setattr(timetable, "MAX_OCCURRENCES_PER_EVENT", 10)
+    event = "UID:daily@x\nSUMMARY:Daily\nDTSTART:20260316T090000Z\nDTEND:20260316T100000Z\nRRULE:FREQ=DAILY;COUNT={}"
+    path = tmp_path / "daily.ics"
+
+    path.write_text(calendar(event.format(11)))
+    over_code, over_err = import_file(capsys, db_url, path)
+    path.write_text(calendar(event.format(10)))
+    at_code, at_err = import_file(capsys, db_url, path)
+
+    assert over_code == 2
+    assert_one_error(over_err, "more than 10 occurrences")
+    assert at_code == 0
+    assert "10 lectures added" in at_err
+
+
+def test_ics_occurrence_limit_counts_range(tmp_path: Path, db_url: str, capsys, monkeypatch) -> None:
+    # 30 daily occurrences, but only 5 of them start from --from to --to.
+    monkeypatch.setattr(timetable, "MAX_OCCURRENCES_PER_EVENT", 10)
+    path = tmp_path / "daily.ics"
+    path.write_text(calendar(
+        "UID:daily@x\nSUMMARY:Daily\nDTSTART:20260316T090000Z\nDTEND:20260316T100000Z\nRRULE:FREQ=DAILY;COUNT=30"
+    ))  # fmt: skip
+
+    exit_code, err = import_file(capsys, db_url, path, "--from", "2026-03-20", "--to", "2026-03-25")
+
+    assert exit_code == 0, err
+    assert "5 lectures added" in err
+
+
+def test_ics_long_rule_before_range(tmp_path: Path, db_url: str, capsys) -> None:
+    # One hour of minutes is in range, but the rule repeats a year of minutes before it.
+    path = tmp_path / "minutely.ics"
+    path.write_text(calendar(
+        "UID:minutely@x\nSUMMARY:Every minute\nDTSTART:20250316T090000Z\nDTEND:20250316T090100Z\nRRULE:FREQ=MINUTELY"
+    ))  # fmt: skip
+
+    exit_code, err = import_file(capsys, db_url, path, "--from", "2026-03-16T09:00", "--to", "2026-03-16T10:00")
+
+    assert exit_code == 2
+    assert_one_error(err, "repeats more than 200000 times from its DTSTART 2025-03-16T09:00:00+00:00", "COUNT or UNTIL")
+
+
+def test_ics_reversed_range(tmp_path: Path, db_url: str, capsys) -> None:
+    path = tmp_path / "b101.ics"
+    path.write_text(ICS)
+
+    exit_code, err = import_file(capsys, db_url, path, "--from", "2026-04-01", "--to", "2026-03-01")
+
+    assert exit_code == 2
+    assert_one_error(err, "--to '2026-03-01' is not after --from '2026-04-01'")
+
+
+def test_ics_to_before_first_event(tmp_path: Path, db_url: str, capsys) -> None:
+    path = tmp_path / "b101.ics"
+    path.write_text(ICS)
+
+    exit_code, err = import_file(capsys, db_url, path, "--to", "2026-03-01")
+
+    assert exit_code == 2
+    assert_one_error(err, "The import range of b101.ics ends at 2026-02-28T23:00:00+00:00", "give a later --to")
+
+
+def test_ics_range_date_echoed(tmp_path: Path, db_url: str, capsys) -> None:
+    path = tmp_path / "b101.ics"
+    path.write_text(ICS)
+
+    exit_code, err = import_file(capsys, db_url, path, "--from", "2026-03-01", "--to", "yesterday")
+
+    assert exit_code == 2
+    assert_one_error(err, "Invalid --to 'yesterday'")
+    assert "T00:00" not in err
+
+
+def test_ics_range_limits_import(tmp_path: Path, db_url: str, capsys) -> None:
+    path = tmp_path / "b101.ics"
+    path.write_text(ICS)
+
+    exit_code, err = import_file(capsys, db_url, path, "--from", "2026-03-30", "--to", "2026-04-30")
+
+    assert exit_code == 0
+    assert "2 lectures added" in err
+
+
+def test_csv_range_rejected(tmp_path: Path, db_url: str, capsys) -> None:
+    path = tmp_path / "timetable.csv"
+    path.write_text("title,start,end\nPhysics,2026-10-24T10:00,2026-10-24T11:30\n")
+
+    exit_code, err = import_file(capsys, db_url, path, "--from", "2026-10-01")
+
+    assert exit_code == 2
+    assert_one_error(err, "--from and --to apply to .ics files only")
+
+
+MOVING_EVENT = "UID:exam@school.example\nSUMMARY:Exam\nDTSTART;TZID=Europe/Berlin:{}\nDURATION:PT2H"
+
+
+def test_ics_moved_event_updates(tmp_path: Path, db_url: str, capsys) -> None:
+    path = tmp_path / "exams.ics"
+    path.write_text(calendar(MOVING_EVENT.format("20260320T090000")))
+    assert import_file(capsys, db_url, path)[0] == 0
+
+    path.write_text(calendar(MOVING_EVENT.format("20260320T100000")))
+    exit_code, err = import_file(capsys, db_url, path)
+
+    assert exit_code == 0
+    assert "0 lectures added, 1 updated" in err
+    with Store.open(db_url) as store:
+        [lecture] = store.list_lectures()
+    assert lecture.start == datetime(2026, 3, 20, 9, 0, tzinfo=UTC)
+
+
+def test_ics_unchanged_import_idempotent(tmp_path: Path, db_url: str, capsys) -> None:
+    path = tmp_path / "b101.ics"
+    path.write_text(ICS)
+    assert import_file(capsys, db_url, path)[0] == 0
+    with Store.open(db_url) as store:
+        before = store.list_lectures()
+
+    exit_code, err = import_file(capsys, db_url, path)
+
+    assert exit_code == 0
+    assert "0 lectures added, 4 updated" in err
+    with Store.open(db_url) as store:
+        assert store.list_lectures() == before
+
+
+SERIES = """UID:series@school.example
+SUMMARY:Chemistry
+DTSTART;TZID=Europe/Berlin:20260316T090000
+DTEND;TZID=Europe/Berlin:20260316T100000
+RRULE:FREQ=WEEKLY;COUNT=3"""
+
+MOVED_OCCURRENCE = """UID:series@school.example
+SUMMARY:Chemistry (moved)
+RECURRENCE-ID;TZID=Europe/Berlin:20260323T090000
+DTSTART;TZID=Europe/Berlin:20260323T110000
+DTEND;TZID=Europe/Berlin:20260323T120000"""
+
+
+def test_ics_moved_occurrence_updates(tmp_path: Path, db_url: str, capsys) -> None:
+    path = tmp_path / "chemistry.ics"
+    path.write_text(calendar(SERIES))
+    assert import_file(capsys, db_url, path)[0] == 0
+    with Store.open(db_url) as store:
+        ids = [lecture.id for lecture in store.list_lectures()]
+
+    path.write_text(calendar(SERIES, MOVED_OCCURRENCE))
+    exit_code, err = import_file(capsys, db_url, path)
+
+    assert exit_code == 0
+    assert "0 lectures added, 3 updated" in err
+    with Store.open(db_url) as store:
+        lectures = store.list_lectures()
+    assert [lecture.id for lecture in lectures] == ids
+    assert lectures[1].title == "Chemistry (moved)"
+    assert lectures[1].start == datetime(2026, 3, 23, 10, 0, tzinfo=UTC)
+
+
+def earlier_entry(uid: str, start: datetime, title: str) -> TimetableEntry:
+    return TimetableEntry(room="B-101", title=title, start=start, end=start + timedelta(hours=2), course=title, uid=uid)
+
+
+def test_ics_earlier_keys_adopted(tmp_path: Path, db_url: str, capsys) -> None:
+    # Lectures as versions with keys of UID and start stored them, imported from the same file.
+    exam_start = datetime(2026, 3, 20, 8, 0, tzinfo=UTC)
+    moved_start = datetime(2026, 3, 23, 10, 0, tzinfo=UTC)
+    with Store.open(db_url) as store:
+        store.import_timetable([
+            earlier_entry(f"exam@school.example|{exam_start.isoformat()}", exam_start, "Exam"),
+            earlier_entry(f"series@school.example|{datetime(2026, 3, 16, 8, 0, tzinfo=UTC).isoformat()}",
+                          datetime(2026, 3, 16, 8, 0, tzinfo=UTC), "Chemistry"),
+            earlier_entry(f"series@school.example|{moved_start.isoformat()}", moved_start, "Chemistry (moved)"),
+            earlier_entry(f"series@school.example|{datetime(2026, 3, 30, 7, 0, tzinfo=UTC).isoformat()}",
+                          datetime(2026, 3, 30, 7, 0, tzinfo=UTC), "Chemistry"),
+        ], LectureSource.ICS)  # fmt: skip
+        ids = sorted(lecture.id for lecture in store.list_lectures())
+    path = tmp_path / "b101.ics"
+    path.write_text(calendar(MOVING_EVENT.format("20260320T090000"), SERIES, MOVED_OCCURRENCE))
+
+    first_code, first_err = import_file(capsys, db_url, path)
+    second_code, second_err = import_file(capsys, db_url, path)
+
+    assert first_code == 0
+    assert "0 lectures added, 4 updated" in first_err
+    assert second_code == 0
+    assert "0 lectures added, 4 updated" in second_err
+    with Store.open(db_url) as store:
+        assert sorted(lecture.id for lecture in store.list_lectures()) == ids
+
+
+def test_ics_earlier_key_of_moved_event(tmp_path: Path, db_url: str, capsys) -> None:
+    # The event moved before the first import with UID keys: its old start is not in the file.
+    old_start = datetime(2026, 3, 20, 8, 0, tzinfo=UTC)
+    with Store.open(db_url) as store:
+        store.import_timetable(
+            [earlier_entry(f"exam@school.example|{old_start.isoformat()}", old_start, "Exam")], LectureSource.ICS
+        )
+    path = tmp_path / "exams.ics"
+    path.write_text(calendar(MOVING_EVENT.format("20260320T100000")))
+
+    exit_code, err = import_file(capsys, db_url, path)
+
+    assert exit_code == 0
+    assert "0 lectures added, 1 updated" in err
+    with Store.open(db_url) as store:
+        [lecture] = store.list_lectures()
+    assert lecture.start == datetime(2026, 3, 20, 9, 0, tzinfo=UTC)
+
+
+def test_csv_duplicate_uid(tmp_path: Path, db_url: str, capsys) -> None:
+    path = tmp_path / "timetable.csv"
+    path.write_text(
+        "title,start,end,uid\n"
+        "Physics,2026-10-24T10:00,2026-10-24T11:30,phy-1\n"
+        "\n"
+        "Chemistry,2026-10-25T10:00,2026-10-25T11:30,chem-1\n"
+        "Physics 2,2026-10-26T10:00,2026-10-26T11:30,phy-1\n"
+    )
+
+    exit_code, err = import_file(capsys, db_url, path)
+
+    assert exit_code == 2
+    # The blank line 3 counts, as in an editor.
+    assert_one_error(err, "timetable.csv lines 2 and 5 have the same uid 'phy-1' in room 'B-101'", "its own uid")
+    with Store.open(db_url) as store:
+        assert store.list_lectures() == []
+
+
+def test_csv_duplicate_row(tmp_path: Path, db_url: str, capsys) -> None:
+    row = "Physics,2026-10-24T10:00,2026-10-24T11:30\n"
+    path = tmp_path / "timetable.csv"
+    path.write_text("title,start,end\n" + row + "Chemistry,2026-10-25T10:00,2026-10-25T11:30\n" + row)
+
+    exit_code, err = import_file(capsys, db_url, path)
+
+    assert exit_code == 2
+    assert_one_error(err, "timetable.csv lines 2 and 4 are the same lecture", "delete one of them")
+
+
+def test_csv_same_uid_other_rooms(tmp_path: Path, db_url: str, capsys) -> None:
+    path = tmp_path / "timetable.csv"
+    path.write_text(
+        "title,start,end,room,uid\n"
+        "Physics,2026-10-24T10:00,2026-10-24T11:30,B-101,week-1\n"
+        "Physics,2026-10-24T10:00,2026-10-24T11:30,C-2,week-1\n"
+    )
+
+    exit_code, err = import_file(capsys, db_url, path)
+
+    assert exit_code == 0
+    assert "2 lectures added, 0 updated" in err
+
+
+@pytest.mark.parametrize(
+    ("row", "parts"),
+    [
+        (",2026-10-24T10:00,2026-10-24T11:30", ["timetable.csv line 3: invalid title ''"]),
+        ("Physics,2026-10-24T11:30,2026-10-24T10:00",
+         ["timetable.csv line 3: end '2026-10-24T10:00' is not after start '2026-10-24T11:30'"]),
+        ("Physics,2026-10-24T10:00,2026-10-24T10:00", ["timetable.csv line 3: end", "is not after start"]),
+        ("Physics,soon,2026-10-24T10:00", ["Invalid timetable.csv line 3 start 'soon'"]),
+        (f"{'x' * 5000},2026-10-24T10:00,2026-10-24T11:30",
+         ["timetable.csv line 3: invalid title 'xxxxx", "... (5000 characters)", "1 to 200"]),
+        ("Physics,2026-10-24T10:00,2026-10-24T11:30,extra", ["timetable.csv line 3 has more cells"]),
+    ],
+)  # fmt: skip
+def test_csv_row_errors_name_line(tmp_path: Path, db_url: str, capsys, row: str, parts: list[str]) -> None:
+    path = tmp_path / "timetable.csv"
+    path.write_text(f"title,start,end\nChemistry,2026-10-23T10:00,2026-10-23T11:30\n{row}\n")
+
+    exit_code, err = import_file(capsys, db_url, path)
+
+    assert exit_code == 2
+    assert_one_error(err, *parts)
+    assert len(err) < 300
+
+
+def test_csv_unknown_column(tmp_path: Path, db_url: str, capsys) -> None:
+    path = tmp_path / "timetable.csv"
+    path.write_text("title,start,end,rooom\nPhysics,2026-10-24T10:00,2026-10-24T11:30,C-2\n")
+
+    exit_code, err = import_file(capsys, db_url, path)
+
+    assert exit_code == 2
+    assert_one_error(err, "unknown columns 'rooom'", "course,room,uid")
+
+
+def test_ics_same_key_twice(tmp_path: Path, db_url: str, capsys) -> None:
+    # Without a UID the key is title and start, so these two events cannot be told apart.
+    event = "SUMMARY:Physics\nDTSTART:20260316T090000Z\nDTEND:20260316T100000Z\nLOCATION:{}"
+    path = tmp_path / "no-uid.ics"
+    path.write_text(calendar(event.format("B-101"), event.format("B-101"), event.format("C-2")))
+
+    exit_code, err = import_file(capsys, db_url, path)
+
+    assert exit_code == 2
+    assert_one_error(err, "no-uid.ics has two events in room 'B-101' with the same key 'Physics|2026-03-16T09:00", "own UID")
+
+
+def test_ics_unreadable_file(tmp_path: Path, db_url: str, capsys) -> None:
+    path = tmp_path / "binary.ics"
+    path.write_bytes(bytes(range(256)) * 8)
+
+    exit_code, err = import_file(capsys, db_url, path)
+
+    assert exit_code == 2
+    assert_one_error(err, f"Cannot read the iCalendar file {str(path)!r}")
+    assert len(err) < 400
