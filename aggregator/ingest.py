@@ -12,6 +12,11 @@ Delivery guarantees, with paho-mqtt 2 and MQTT 5:
   repeated publishes leave one row.
 - An invalid payload is counted, logged (rate-limited), acknowledged so that it is not
   redelivered forever, and dropped.
+- A message is acknowledged only on the connection it arrived on (see
+  ``aggregator.mqtt_client``).
+
+paho's network thread only appends each message to the writer's queue; validation,
+storage and acknowledgement happen in the writer thread, in batches.
 
 Each aggregator also subscribes, without a share group, to every device's ``status``
 and ``stats`` topics: a broker sends retained messages only to non-shared
@@ -46,6 +51,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from aggregator import __version__
 from aggregator.devices import DeviceEvent, DeviceTopic, parse_stats, parse_status
 from aggregator.errors import BrokerError, ConfigError
+from aggregator.mqtt_client import BufferedClient
 from aggregator.rejections import RejectionLog, RejectReason
 from aggregator.store import ReceivedWindow, Store
 from aggregator.writer import BatchWriter, InboundMessage
@@ -180,7 +186,7 @@ class IngestStats:
 
 
 class Ingest:
-    """Receives window payloads from MQTT and stores them with a ``BatchWriter``.
+    """Receives window payloads from MQTT and validates and stores them with a ``BatchWriter``.
 
     ``start()`` returns once the subscription is active and raises ``BrokerError`` when
     the broker cannot be reached. ``stop()`` stores and acknowledges what was received,
@@ -193,13 +199,14 @@ class Ingest:
         self._rejections = RejectionLog(settings.reject_log_interval_s)
         self._writer = BatchWriter(
             store,
+            self._prepare,
             self._acknowledge,
             self._rejections,
             max_rows=settings.batch_max_rows,
             max_delay_s=settings.batch_max_delay_s,
             queue_size=settings.queue_size,
         )
-        self._client = mqtt.Client(
+        self._client = BufferedClient(
             CallbackAPIVersion.VERSION2,
             client_id=settings.client_id,
             protocol=MQTTProtocolVersion.MQTTv5,
@@ -211,6 +218,9 @@ class Ingest:
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_disconnect = self._on_disconnect
+        # Windows, status messages and retained messages arrive with QoS 1; the agents'
+        # stats with QoS 0 take paho's ordinary path.
+        self._client.on_qos1_publish = self._on_qos1_publish
         self._client.on_message = self._on_message
 
         self._subscribed = threading.Event()
@@ -218,8 +228,9 @@ class Ingest:
         self._start_error: str | None = None
         self._accepting = True
         self._stopping = False
-        self._connection = 0
         self._received = 0
+        # The receive time of the previous message, converted once for all messages of one read.
+        self._received_at: tuple[float, datetime] = (0.0, datetime.now(UTC))
 
     @property
     def settings(self) -> IngestSettings:
@@ -344,7 +355,6 @@ class Ingest:
             else:
                 log.error("%s; retrying", message)
             return
-        self._connection += 1
         log.info(
             "Connected to MQTT broker %s as %s (session present: %s)",
             settings.broker,
@@ -411,33 +421,45 @@ class Ingest:
             RECONNECT_MAX_DELAY_S,
         )
 
-    def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+    def _on_qos1_publish(self, topic: bytes, payload: bytes, mid: int, connection: int) -> None:
+        # Runs in paho's network thread for every window: everything else happens in the writer.
         if not self._accepting:
             return
-        received_at = datetime.now(UTC)
         self._received += 1
-        event = None
+        self._writer.put(InboundMessage(topic, payload, mid, 1, connection, self._client.received_at_s))
+
+    def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        # QoS 0 messages, and any message that BufferedClient leaves to paho's own decoder.
+        if not self._accepting:
+            return
+        self._received += 1
         try:
-            topic = message.topic
+            topic = message.topic.encode()
         except UnicodeDecodeError:
-            topic = "(topic that is not valid UTF-8)"
-            window = None
-            self._rejections.record(RejectReason.TOPIC_MISMATCH, topic, "topic is not valid UTF-8")
-        else:
-            if topic.endswith("/window"):
-                window = self._validate(topic, message.payload, received_at)
-            else:
-                window = None
-                event = self._validate_device_message(topic, message.payload, received_at)
+            # _prepare rejects every topic that is not UTF-8 alike.
+            topic = b"\xff"
+        client = self._client
         inbound = InboundMessage(
-            topic=topic,
-            mid=message.mid,
-            qos=message.qos,
-            connection=self._connection,
-            window=window,
-            device_event=event,
+            topic, message.payload, message.mid, message.qos, client.connection_number, client.received_at_s
         )
         self._writer.put(inbound)
+
+    def _prepare(self, message: InboundMessage) -> ReceivedWindow | DeviceEvent | None:
+        """Return the window or device event in a message, or record why it is rejected and return None."""
+        received_at_s, received_at = self._received_at
+        if message.received_at_s != received_at_s:
+            received_at = datetime.fromtimestamp(message.received_at_s, UTC)
+            self._received_at = (message.received_at_s, received_at)
+        try:
+            topic = message.topic.decode("utf-8")
+        except UnicodeDecodeError:
+            self._rejections.record(
+                RejectReason.TOPIC_MISMATCH, "(topic that is not valid UTF-8)", "topic is not valid UTF-8"
+            )
+            return None
+        if topic.endswith("/window"):
+            return self._validate(topic, message.payload, received_at)
+        return self._validate_device_message(topic, message.payload, received_at)
 
     def _validate_device_message(self, topic: str, payload: bytes, received_at: datetime) -> DeviceEvent | None:
         """Return the status or stats event, or record why the message is rejected and return None."""
@@ -483,14 +505,16 @@ class Ingest:
         return ReceivedWindow(report=report, received_at=received_at)
 
     def _acknowledge(self, messages: Sequence[InboundMessage]) -> None:
-        connection = self._connection
+        # After a reconnect the broker redelivers an unacknowledged message under its old
+        # packet id, and that copy is acknowledged when it is stored. A second PUBACK for the
+        # id from the old delivery could acknowledge a newer message that reuses the id before
+        # it is stored, so ack_many drops the ids of an earlier connection.
+        by_connection: dict[int, list[int]] = {}
         for message in messages:
-            # After a reconnect the broker redelivers an unacknowledged message under its
-            # old packet id, and that copy is acknowledged when it is stored. A second
-            # PUBACK for the id from the old delivery could acknowledge a newer message
-            # that reuses the id before it is stored.
-            if message.qos > 0 and message.connection == connection:
-                self._client.ack(message.mid, message.qos)
+            if message.qos > 0:
+                by_connection.setdefault(message.connection, []).append(message.mid)
+        for connection, mids in by_connection.items():
+            self._client.ack_many(mids, connection)
 
 
 def _configure_credentials(client: mqtt.Client, settings: IngestSettings) -> None:

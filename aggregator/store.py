@@ -24,14 +24,15 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
+from pydantic_core import to_json
 from sqlalchemy import Engine, create_engine, delete, event, func, select, text, update
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import (
     ArgumentError,
+    DataError,
     DBAPIError,
-    InterfaceError,
+    IntegrityError,
     NoSuchModuleError,
-    OperationalError,
     SQLAlchemyError,
 )
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
@@ -49,6 +50,8 @@ DEFAULT_DB_URL = "sqlite:///aggregator.db"
 # lecture while the aggregator ingests) before the statement fails with "database is locked".
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 POSTGRES_CONNECT_TIMEOUT_S = 10
+# Page cache of each SQLite connection, in KiB.
+SQLITE_CACHE_KIB = 64 * 1024
 
 # Key of the PostgreSQL advisory lock that serializes migrations of aggregators that
 # start at the same time. Any constant works as long as no other application uses it.
@@ -223,21 +226,21 @@ class Store:
             StoreError: the transaction failed and nothing was stored. ``retryable`` is
                 true when the same call may succeed later.
         """
-        sqlite = self.dialect_name == "sqlite"
-        rows_by_key: dict[tuple[str, datetime], tuple[Any, ...]] = {}
-        for window in windows:
-            key = (window.report.device_id, window.report.window_start)
-            if key not in rows_by_key:
-                rows_by_key[key] = _sqlite_window_row(window) if sqlite else _postgresql_window_row(window)
-        if not rows_by_key:
+        if not windows:
             return InsertResult(stored=0, duplicates=0)
+        sqlite = self.dialect_name == "sqlite"
+        # A window that occurs twice in the batch is skipped by ON CONFLICT like any other duplicate.
+        if sqlite:
+            rows = _sqlite_window_rows(windows)
+        else:
+            rows = [_postgresql_window_row(window) for window in windows]
 
         # The driver's executemany with pre-converted values: SQLAlchemy's per-value bind
         # processing took about 40 us of the 90 us per row that the ingest spent here.
         statement = _SQLITE_INSERT_WINDOWS if sqlite else _POSTGRESQL_INSERT_WINDOWS
-        with self._errors(f"insert {len(rows_by_key)} windows"), self._engine.begin() as connection:
+        with self._errors(f"insert {len(rows)} windows"), self._engine.begin() as connection:
             # ON CONFLICT DO NOTHING counts only inserted rows, so the rest were duplicates.
-            inserted = connection.exec_driver_sql(statement, list(rows_by_key.values())).rowcount
+            inserted = connection.exec_driver_sql(statement, rows).rowcount
             # Same transaction: a device's last_seen never runs ahead of its stored windows.
             upsert_window_devices(connection, windows)
         return InsertResult(stored=inserted, duplicates=len(windows) - inserted)
@@ -259,6 +262,8 @@ class Store:
 
     def windows_in_room(self, room: str, start: datetime, end: datetime) -> list[StoredWindow]:
         """Return the windows of ``room`` whose start is in [start, end), ordered by start and device."""
+        if self.dialect_name == "sqlite":
+            return self._sqlite_windows_in_room(room, start, end)
         query = (
             select(WindowRow)
             .where(WindowRow.room == room, WindowRow.window_start >= start, WindowRow.window_start < end)
@@ -266,6 +271,45 @@ class Store:
         )
         with self._errors(f"read the windows of room {room!r}"), self._engine.connect() as connection:
             return [_stored_window(row) for row in connection.execute(query).mappings()]
+
+    def _sqlite_windows_in_room(self, room: str, start: datetime, end: datetime) -> list[StoredWindow]:
+        # The driver's rows converted here: with SQLAlchemy's per-value result processing (a
+        # regular expression per datetime) a lecture's 540 rows took 20 ms instead of 9.5 ms.
+        for moment in (start, end):
+            if moment.tzinfo is None or moment.utcoffset() is None:
+                raise StoreError(
+                    f"Cannot read the windows of room {room!r} in {self.display_url}: naive datetime "
+                    f"{moment.isoformat()} cannot be compared with stored times: give it a time zone"
+                )
+        with self._errors(f"read the windows of room {room!r}"), self._engine.connect() as connection:
+            rows = connection.exec_driver_sql(
+                _SQLITE_WINDOWS_IN_ROOM, (room, _sqlite_time(start), _sqlite_time(end))
+            ).fetchall()
+        return [
+            StoredWindow(
+                device_id=device_id,
+                room=room,
+                window_start=_from_sqlite_time(window_start),
+                window_end=_from_sqlite_time(window_end),
+                frames_sampled=frames_sampled,
+                faces_seen=faces_seen,
+                min_faces=min_faces,
+                suppressed=bool(suppressed),
+                counts=json.loads(counts) if counts is not None else None,
+                received_at=_from_sqlite_time(received_at),
+            )
+            for (
+                device_id,
+                window_start,
+                window_end,
+                frames_sampled,
+                faces_seen,
+                min_faces,
+                suppressed,
+                counts,
+                received_at,
+            ) in rows
+        ]
 
     def add_lecture(
         self,
@@ -507,6 +551,11 @@ def _configure_sqlite(engine: Engine) -> None:
         # every commit, so a window acknowledged over MQTT after its commit survives a power loss.
         cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = FULL")
+        # Every window updates the table and three indexes. With SQLite's default 2 MiB page
+        # cache their pages were read again and again: inserting 200,000 windows took 19 us
+        # of CPU per window instead of 14 us. The cache grows to this size only as a
+        # connection touches that many pages.
+        cursor.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -567,6 +616,18 @@ _POSTGRESQL_INSERT_WINDOWS = (
 )
 
 
+_SQLITE_WINDOWS_IN_ROOM = (
+    "SELECT device_id, window_start, window_end, frames_sampled, faces_seen, min_faces, suppressed, counts, "
+    "received_at FROM windows WHERE room = ? AND window_start >= ? AND window_start < ? "
+    "ORDER BY window_start, device_id"
+)
+
+
+def _from_sqlite_time(text: str) -> datetime:
+    # Reads _sqlite_time's form, and also the same text without fraction digits.
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
 def _sqlite_time(moment: datetime) -> str:
     # The text form of SQLAlchemy's SQLite DATETIME, which UtcDateTime reads back. The unique
     # key compares this text, so every writer must produce exactly this form.
@@ -574,20 +635,42 @@ def _sqlite_time(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(" ", "microseconds")[:26]
 
 
-def _sqlite_window_row(window: ReceivedWindow) -> tuple[Any, ...]:
-    report = window.report
-    return (
-        report.device_id,
-        report.room,
-        _sqlite_time(report.window_start),
-        _sqlite_time(report.window_end),
-        report.frames_sampled,
-        report.faces_seen,
-        report.min_faces,
-        int(report.suppressed),
-        json.dumps(report.counts) if report.counts is not None else None,
-        _sqlite_time(window.received_at),
-    )
+def _sqlite_window_rows(windows: Sequence[ReceivedWindow]) -> list[tuple[Any, ...]]:
+    # The windows of all devices start at the same multiples of their length, and messages
+    # read in one recv share their receive time, so a batch contains few distinct times,
+    # and each is converted to text once.
+    texts: dict[datetime, str] = {}
+    rows = []
+    for window in windows:
+        report = window.report
+        start = report.window_start
+        end = report.window_end
+        received_at = window.received_at
+        start_text = texts.get(start) or texts.setdefault(start, _sqlite_time(start))
+        end_text = texts.get(end) or texts.setdefault(end, _sqlite_time(end))
+        received_text = texts.get(received_at) or texts.setdefault(received_at, _sqlite_time(received_at))
+        counts = report.counts
+        rows.append(
+            (
+                report.device_id,
+                report.room,
+                start_text,
+                end_text,
+                report.frames_sampled,
+                report.faces_seen,
+                report.min_faces,
+                int(report.suppressed),
+                _counts_json(counts) if counts is not None else None,
+                received_text,
+            )
+        )
+    return rows
+
+
+def _counts_json(counts: dict[str, int]) -> str:
+    # pydantic-core's serializer takes a quarter of json.dumps's time and writes the same JSON
+    # without spaces. Keys are ASCII (edge_agent.payload.LABEL_PATTERN).
+    return to_json(counts).decode()
 
 
 def _postgresql_window_row(window: ReceivedWindow) -> tuple[Any, ...]:
@@ -601,7 +684,7 @@ def _postgresql_window_row(window: ReceivedWindow) -> tuple[Any, ...]:
         report.faces_seen,
         report.min_faces,
         report.suppressed,
-        json.dumps(report.counts) if report.counts is not None else None,
+        _counts_json(report.counts) if report.counts is not None else None,
         window.received_at,
     )
 
@@ -634,9 +717,14 @@ def _lecture(row: Any) -> Lecture:
 
 
 def _store_error(message: str, error: SQLAlchemyError, hint: str = "") -> StoreError:
-    # Connection loss, a locked SQLite file or an exhausted pool can clear up by themselves,
-    # but the same data fails again.
-    retryable = isinstance(error, (OperationalError, InterfaceError, PoolTimeoutError))
+    # Only a value the database refuses (IntegrityError, DataError) fails again with the same
+    # data. Every other database error is about the database's state: connection loss, a
+    # locked SQLite file, an exhausted pool, but also a read-only transaction, a missing
+    # table or a revoked privilege (InternalError, ProgrammingError on PostgreSQL). Those
+    # are retried, and the windows stay unacknowledged, until an operator fixes the state.
+    retryable = isinstance(error, PoolTimeoutError) or (
+        isinstance(error, DBAPIError) and not isinstance(error, (IntegrityError, DataError))
+    )
     detail = error.orig if isinstance(error, DBAPIError) else error
     # Driver messages span lines (libpq adds hints); the CLI prints each error as one line.
     one_line = " ".join(str(detail).split())

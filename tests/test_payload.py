@@ -2,12 +2,15 @@ import json
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edge_agent.payload import (
     FER2013_LABELS,
     SCHEMA_VERSION,
     PayloadError,
     WindowReport,
+    _parse_window_checked,
     json_schema,
     parse_window,
     window_subscription,
@@ -100,3 +103,133 @@ def test_topics_and_schema():
     assert "schema_version" in schema["required"]
     assert "sum to faces_seen" in schema["description"]
     assert len(FER2013_LABELS) == 7
+
+
+def test_parse_rejects_missing_schema_version():
+    data = json.loads(make_report().to_json())
+    del data["schema_version"]
+
+    with pytest.raises(PayloadError, match="unsupported schema_version None"):
+        parse_window(json.dumps(data).encode())
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        # Valid ISO 8601 with an offset, but outside the datetime range once moved to UTC.
+        (
+            {"window_start": "0001-01-01T00:00:00+01:00", "window_end": "0001-01-01T00:00:10+01:00"},
+            "outside the range of UTC times",
+        ),
+        ({"room": " 101"}, "room must be printable text"),
+        ({"counts": {"happy\n": 3}}, None),
+    ],
+)
+def test_parse_edge_values(change, message):
+    data = json.loads(make_report().to_json())
+    data.update(change)
+    payload = json.dumps(data).encode()
+
+    if message is None:
+        # re.match's $ also matches before a final newline, so LABEL_PATTERN accepts this
+        # label, as it always did; the fast path must not narrow that.
+        assert parse_window(payload).counts == change["counts"]
+    else:
+        with pytest.raises(PayloadError, match=message):
+            parse_window(payload)
+
+
+def test_parse_rejects_deep_nesting():
+    with pytest.raises(PayloadError, match="not UTF-8 JSON"):
+        parse_window(b"[" * 5000 + b"]" * 5000)
+
+
+def test_parse_accepts_utf16_json():
+    # json.loads detects UTF-16 and UTF-32; pydantic's parser reads UTF-8 only, so such a
+    # payload takes the checked path and is still accepted.
+    report = make_report()
+    payload = json.dumps(json.loads(report.to_json())).encode("utf-16")
+
+    assert parse_window(payload) == report
+
+
+VALID = json.loads(make_report().to_json())
+JSON_VALUES = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(min_value=-(2**70), max_value=2**70),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.text(max_size=12),
+        st.sampled_from(
+            [
+                "2026-03-02T08:00:05Z",
+                "2026-03-02T08:00:10+01:00",
+                "2026-03-02T07:00:10-01:00",
+                "2026-03-02 08:00:10Z",
+                "2026-03-02T08:00:10",
+                "1772438410",
+                "pi-101",
+                "101\n",
+                "1",
+                "true",
+            ]
+        ),
+        st.integers(min_value=1_772_438_000, max_value=1_772_439_000),
+    ),
+    lambda children: st.lists(children, max_size=3)
+    | st.dictionaries(st.text(max_size=6), children, max_size=3),
+    max_leaves=6,
+)
+COUNT_DICTS = st.dictionaries(
+    st.sampled_from(["happy", "neutral", "sad", "Happy", "x" * 33, "ok_1", "a\n", ""]),
+    st.one_of(st.integers(min_value=-2, max_value=5), st.floats(min_value=-1, max_value=4), st.booleans()),
+    max_size=4,
+)
+
+
+@st.composite
+def mutated_payloads(draw) -> bytes:
+    """Valid payloads with some fields replaced, removed, added or repeated."""
+    data = dict(VALID)
+    for key in draw(st.lists(st.sampled_from(sorted(VALID)), max_size=3, unique=True)):
+        if key == "counts":
+            data[key] = draw(st.one_of(st.none(), COUNT_DICTS))
+        else:
+            data[key] = draw(JSON_VALUES)
+    for key in draw(st.lists(st.sampled_from(sorted(VALID)), max_size=2, unique=True)):
+        data.pop(key, None)
+    if draw(st.booleans()):
+        data[draw(st.sampled_from(["extra", "face_boxes", "schema_version"]))] = draw(JSON_VALUES)
+    text = json.dumps(data)
+    if draw(st.booleans()):
+        # A repeated key: json.loads keeps the last value, and so must the fast path.
+        key = draw(st.sampled_from(sorted(VALID)))
+        text = text[:-1] + f", {json.dumps(key)}: {json.dumps(draw(JSON_VALUES))}}}"
+    return text.encode()
+
+
+def outcome(parse, payload: bytes):
+    try:
+        report = parse(payload)
+    except PayloadError as error:
+        return "rejected", str(error)
+    values = {name: (type(value), value) for name, value in report.__dict__.items()}
+    return "accepted", values, report.window_start.tzinfo, report.window_end.tzinfo
+
+
+@settings(max_examples=600, deadline=None)
+@given(payload=mutated_payloads())
+def test_fast_parse_equals_checked_parse(payload: bytes):
+    assert outcome(parse_window, payload) == outcome(_parse_window_checked, payload)
+
+
+@settings(max_examples=200, deadline=None)
+@given(payload=mutated_payloads())
+def test_accepted_times_are_utc(payload: bytes):
+    try:
+        report = parse_window(payload)
+    except PayloadError:
+        return
+    assert report.window_start.tzinfo is UTC
+    assert report.window_end.tzinfo is UTC
