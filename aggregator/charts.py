@@ -53,22 +53,31 @@ def shares_over_time(report: LectureReport) -> str:
     """Stacked areas of the label shares per timeline step; steps without shares stay empty."""
     pyplot = _pyplot()
     figure, axes = _figure(pyplot, 3.2)
+    draw_shares(axes, report)
+    axes.set_ylim(0, 100)
+    axes.set_ylabel("% of classified faces")
+    _time_ticks(axes, report)
+    axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small", frameon=False)
+    return _png(figure)
+
+
+def draw_shares(axes, report: LectureReport) -> None:  # type: ignore[no-untyped-def]
+    """Fill one stacked step area per label; step i spans x from i to i + 1.
+
+    Steps without shares get zero height in every layer, so they stay empty. A ``where``
+    mask would not do: fill_between leaves out a masked-in step that has no masked-in
+    neighbour to its right, which dropped the last step and every isolated one.
+    """
     # One filled polygon per label: bars (one patch per step and label) took seconds for long lectures.
     edges = list(range(len(report.timeline) + 1))
-    has_data = _repeat_last([step.status is StepStatus.DATA for step in report.timeline])
     bottoms = [0.0] * len(edges)
     for index, label in enumerate(report.labels):
         heights = _repeat_last(
             [step.shares[index].percent if step.status is StepStatus.DATA else 0.0 for step in report.timeline]
         )
         tops = [bottom + height for bottom, height in zip(bottoms, heights, strict=True)]
-        axes.fill_between(edges, bottoms, tops, where=has_data, step="post", color=_color(label), label=label, linewidth=0)
+        axes.fill_between(edges, bottoms, tops, step="post", color=_color(label), label=label, linewidth=0)
         bottoms = tops
-    axes.set_ylim(0, 100)
-    axes.set_ylabel("% of classified faces")
-    _time_ticks(axes, report)
-    axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small", frameon=False)
-    return _png(figure)
 
 
 def distribution(labels: Sequence[str], percents: Sequence[float], counts: Sequence[int]) -> str:

@@ -17,6 +17,7 @@ from aggregator.errors import ConfigError
 from aggregator.report import LabelShare, LectureReport, build_report, order_labels
 from aggregator.store import Lecture, Store
 from aggregator.times import Zone
+from edge_agent.payload import FER2013_LABELS
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +74,7 @@ def compute_range_report(
         windows = store.windows_in_room(lecture.room, lecture.start, lecture.end)
         # One timeline step per lecture: only the totals are needed here.
         reports.append(build_report(lecture, windows, zone, step_s=max(1, math.ceil(lecture.duration_s))))
-    labels = order_labels(label for report in reports for label in report.labels)
+    labels = order_labels(label for report in reports for label in report.labels) or tuple(FER2013_LABELS)
     summaries = tuple(_summary(report, labels) for report in reports)
     totals: Counter[str] = Counter()
     for summary in summaries:

@@ -139,7 +139,9 @@ def build_report(lecture: Lecture, windows: Sequence[StoredWindow], zone: Zone, 
     """Compute the report of a lecture from the windows that belong to it."""
     _check_step(lecture, step_s)
     inside = [w for w in windows if w.room == lecture.room and lecture.start <= w.window_start < lecture.end]
-    labels = order_labels(label for w in inside if w.counts for label in w.counts)
+    # A lecture without a single classified face still gets the seven FER2013 columns, so
+    # that its CSV and JSON have the same shape as any other lecture's.
+    labels = order_labels(label for w in inside if w.counts for label in w.counts) or tuple(FER2013_LABELS)
     total_counts = _sum_counts(inside)
     shares = sorted(
         _shares(labels, total_counts),

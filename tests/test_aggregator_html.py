@@ -19,6 +19,7 @@ from aggregator.range_report import compute_range_report
 from aggregator.report import build_report
 from aggregator.store import Store
 from aggregator.times import Zone
+from edge_agent.payload import FER2013_LABELS
 from tests.test_aggregator_helpers import (
     LECTURE_END,
     LECTURE_START,
@@ -146,3 +147,35 @@ def test_cli_room_report_formats(store: Store, tmp_path: Path, capsys) -> None:
     assert 'id="trend-chart"' in (tmp_path / "room.html").read_text()
     assert main(["report", *database]) == 2
     assert "needs a LECTURE_ID" in capsys.readouterr().err
+
+
+def test_shares_chart_draws_every_step_with_data(lecture_report) -> None:
+    """Isolated steps and the last step are drawn; steps without shares stay empty."""
+    from matplotlib.figure import Figure
+
+    from aggregator.charts import draw_shares
+    from aggregator.report import StepStatus
+
+    axes = Figure().subplots()
+    draw_shares(axes, lecture_report)
+    paths = [path for collection in axes.collections for path in collection.get_paths()]
+    # Shares of a step with data add up to 100 %, so its middle at 50 % lies in one label's area.
+    drawn = [
+        any(path.contains_point((index + 0.5, 50.0)) for path in paths) for index in range(len(lecture_report.timeline))
+    ]
+    expected = [step.status is StepStatus.DATA for step in lecture_report.timeline]
+    assert expected == [True, False, False, True, True]
+    assert drawn == expected
+
+
+def test_lecture_without_classified_faces_keeps_the_columns(tmp_path: Path) -> None:
+    opened = Store.open(f"sqlite:///{tmp_path / 'suppressed.db'}")
+    try:
+        opened.insert_windows([received(make_window("cam-1", LECTURE_START, faces_seen=2))])
+        lecture = opened.add_lecture(ROOM, "Quiet", LECTURE_START, LECTURE_END)
+        report = build_report(lecture, opened.windows_in_room(ROOM, LECTURE_START, LECTURE_END), UTC_ZONE, 60)
+    finally:
+        opened.close()
+    header = next(csv.reader(io.StringIO(exports.lecture_csv(report))))
+    assert "happy_percent" in header and "neutral_percent" in header
+    assert json.loads(exports.lecture_json(report))["labels"] == list(FER2013_LABELS)

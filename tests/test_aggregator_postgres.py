@@ -9,6 +9,7 @@ except when the CI variable is set, where they fail.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -174,3 +175,44 @@ def test_postgres_two_workers_shared(mqtt_broker: Broker, store: Store, postgres
     with store.engine.connect() as connection:
         devices = connection.execute(text("SELECT count(*) FROM devices")).scalar_one()
     assert devices == 4
+
+
+def _set_read_only(postgres_url: str, read_only: bool) -> None:
+    """Make new transactions of the test database read-only (or not) and end its open sessions."""
+    name = make_url(postgres_url).database
+    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            setting = "on" if read_only else "off"
+            connection.execute(text(f'ALTER DATABASE "{name}" SET default_transaction_read_only = {setting}'))
+            connection.execute(
+                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name"),
+                {"name": name},
+            )
+    finally:
+        admin.dispose()
+
+
+def test_postgres_read_only_database_keeps_windows_unacknowledged(
+    mqtt_broker: Broker, store: Store, postgres_url: str
+) -> None:
+    """A database that refuses writes for its state, not the data, loses no window."""
+    window = make_window("cam-1", LECTURE_START, {"happy": 4})
+    settings = ingest_settings(mqtt_broker, client_id="aggregator-read-only")
+    try:
+        with running_ingest(store, settings) as ingest:
+            _set_read_only(postgres_url, True)
+            with publisher(mqtt_broker) as client:
+                client.publish_window(window)
+            # Two or three retries against the read-only database.
+            time.sleep(2.0)
+            assert ingest.stats().stored == 0
+            assert ingest.stats().rejected == 0
+            _set_read_only(postgres_url, False)
+            wait_until(lambda: ingest.stats().stored == 1, "the window stored once writes work again", 30.0)
+            stats = ingest.stop()
+    finally:
+        _set_read_only(postgres_url, False)
+
+    assert stats.rejected == 0
+    assert store.count_windows("cam-1") == 1
