@@ -208,3 +208,11 @@ def assert_known_report(report: LectureReport) -> None:
     assert timeline[2].shares == ()
     assert percents(3) == [0.0, 10.0, 0.0, 90.0, 0.0]
     assert percents(4) == pytest.approx([100 * 2 / 6, 0.0, 0.0, 100 * 1 / 6, 50.0])
+
+
+def assert_one_error(err: str, *parts: str) -> None:
+    """Assert that the aggregator printed exactly one error line, and that it holds every part."""
+    assert err.startswith("aggregator: error: ")
+    assert err.count("\n") == 1
+    for part in parts:
+        assert part in err

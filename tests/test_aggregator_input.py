@@ -14,7 +14,7 @@ import pytest
 
 from aggregator.cli import main
 from aggregator.store import LectureSource, Store
-from tests.test_aggregator_helpers import ROOM, make_window, received
+from tests.test_aggregator_helpers import ROOM, assert_one_error, make_window, received
 
 
 @pytest.fixture
@@ -28,13 +28,6 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     exit_code = main(list(argv))
     captured = capsys.readouterr()
     return exit_code, captured.out, captured.err
-
-
-def assert_one_error(err: str, *parts: str) -> None:
-    assert err.startswith("aggregator: error: ")
-    assert err.count("\n") == 1
-    for part in parts:
-        assert part in err
 
 
 @pytest.mark.parametrize(
