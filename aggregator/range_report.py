@@ -15,7 +15,7 @@ from datetime import datetime
 
 from aggregator.errors import ConfigError
 from aggregator.report import LabelShare, LectureReport, build_report, order_labels
-from aggregator.store import Lecture, Store
+from aggregator.store import Lecture, Store, StoredWindow
 from aggregator.times import Zone
 from edge_agent.payload import FER2013_LABELS
 
@@ -50,10 +50,8 @@ class RangeReport:
     labels: tuple[str, ...]
     lectures: tuple[LectureSummary, ...]
     shares: tuple[LabelShare, ...]
-
-    @property
-    def classified_faces(self) -> int:
-        return sum(summary.classified_faces for summary in self.lectures)
+    # Faces of the distinct windows: a window inside two overlapping lectures counts once.
+    classified_faces: int
 
 
 def compute_range_report(
@@ -70,15 +68,22 @@ def compute_range_report(
         raise ConfigError(f"--to {end.isoformat()} is not after --from {start.isoformat()}: correct them")
     lectures = store.list_lectures(room=room, course=course, start=start, end=end)
     reports = []
+    # Lectures of one room may overlap (an ad hoc lecture during a timetabled one), so the
+    # totals add up each window once, keyed like the windows table's unique constraint.
+    distinct: dict[tuple[str, datetime], StoredWindow] = {}
     for lecture in lectures:
         windows = store.windows_in_room(lecture.room, lecture.start, lecture.end)
         # One timeline step per lecture: only the totals are needed here.
         reports.append(build_report(lecture, windows, zone, step_s=max(1, math.ceil(lecture.duration_s))))
+        for window in windows:
+            if lecture.start <= window.window_start < lecture.end:
+                distinct[(window.device_id, window.window_start)] = window
     labels = order_labels(label for report in reports for label in report.labels) or tuple(FER2013_LABELS)
     summaries = tuple(_summary(report, labels) for report in reports)
     totals: Counter[str] = Counter()
-    for summary in summaries:
-        totals.update({share.label: share.count for share in summary.shares})
+    for window in distinct.values():
+        if window.counts and not window.suppressed:
+            totals.update(window.counts)
     return RangeReport(
         scope="room" if room is not None else "course",
         name=room if room is not None else str(course),
@@ -88,6 +93,7 @@ def compute_range_report(
         labels=labels,
         lectures=summaries,
         shares=_shares(labels, totals),
+        classified_faces=sum(totals.values()),
     )
 
 

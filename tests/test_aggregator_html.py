@@ -179,3 +179,16 @@ def test_lecture_without_classified_faces_keeps_the_columns(tmp_path: Path) -> N
     header = next(csv.reader(io.StringIO(exports.lecture_csv(report))))
     assert "happy_percent" in header and "neutral_percent" in header
     assert json.loads(exports.lecture_json(report))["labels"] == list(FER2013_LABELS)
+
+
+def test_range_report_counts_overlapping_windows_once(store: Store) -> None:
+    """An ad hoc lecture inside a timetabled one shows its faces in both rows but once in the totals."""
+    store.add_lecture(ROOM, "Linear Algebra", LECTURE_START, LECTURE_END, course="MATH-101")
+    store.add_lecture(ROOM, "Ad hoc quiz", LECTURE_START, LECTURE_START + timedelta(minutes=1))
+
+    report = compute_range_report(store, UTC_ZONE, LECTURE_START, LECTURE_END, room=ROOM)
+
+    # known_lecture_windows: 32 classified faces, 16 of them in the first minute.
+    assert [summary.classified_faces for summary in report.lectures] == [32, 16]
+    assert report.classified_faces == 32
+    assert sum(share.count for share in report.shares) == 32
