@@ -62,7 +62,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
         raise WeightsError(f"Checkpoint not found: {path}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as error:
+    except (OSError, EOFError, RuntimeError, ValueError, IndexError, KeyError, pickle.UnpicklingError) as error:
         # torch's own message for a non-checkpoint suggests weights_only=False, which would run
         # arbitrary pickled code, so only the error type is passed on.
         raise WeightsError(

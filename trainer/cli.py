@@ -27,6 +27,7 @@ Subcommands:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import shlex
 import sys
@@ -211,6 +212,14 @@ def _add_quantization_options(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
+    if importlib.util.find_spec("torch") is None:
+        # The trainer script is installed with every extra, but PyTorch only with the trainer's.
+        print(
+            "trainer: PyTorch is not installed in this environment: run 'make install-all', or "
+            "pip install -c constraints.txt -e '.[trainer]'",
+            file=sys.stderr,
+        )
+        return 2
     if arguments and arguments[0] in LIGHTNING_SUBCOMMANDS:
         from trainer.training_cli import run
 
@@ -295,6 +304,11 @@ def _export(options: argparse.Namespace, command: str) -> None:
     else:
         from trainer.checkpoint import load_checkpoint
 
+        if options.checkpoint.suffix not in (".pt", ".pth"):
+            raise ConfigError(
+                f"{options.checkpoint} has suffix {options.checkpoint.suffix!r}: pass a .ckpt of 'trainer fit' "
+                "or a .pt of 'trainer import-keras'"
+            )
         if _quantization_settings(options).method == "qat":
             raise ConfigError(
                 f"{options.checkpoint} is not a checkpoint of 'trainer fit', and QAT needs the labelled training "

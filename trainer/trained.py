@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,8 +80,11 @@ def _read_checkpoint(checkpoint: Path) -> dict:
     # load only checkpoints you trained yourself.
     try:
         payload = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    except (OSError, EOFError, RuntimeError, ValueError) as error:
-        raise WeightsError(f"Cannot read checkpoint {checkpoint}: {error}") from None
+    except (OSError, EOFError, RuntimeError, ValueError, IndexError, KeyError, pickle.UnpicklingError) as error:
+        raise WeightsError(
+            f"Cannot read checkpoint {checkpoint} ({type(error).__name__}: {error}): it is damaged or not a "
+            "checkpoint; pass a .ckpt written by 'trainer fit', such as RUN/checkpoints/last.ckpt"
+        ) from None
     if not isinstance(payload, dict):
         raise WeightsError(f"{checkpoint} is not a Lightning checkpoint: pass a .ckpt written by 'trainer fit'")
     return payload
