@@ -8,6 +8,7 @@ configuration or usage.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import os
@@ -37,7 +38,8 @@ def _parse_start(text: str) -> str:
         ) from None
     if moment.tzinfo is None:
         raise argparse.ArgumentTypeError(
-            f"start time {text!r} has no UTC offset: add one, for example {text}+00:00"
+            f"start time {text!r} has no UTC offset: add one, for example "
+            f"{moment.isoformat(timespec='seconds')}+00:00"
         )
     from edge_agent.config import MAX_START_YEAR, MIN_START_YEAR
 
@@ -185,6 +187,14 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_RUNTIME
+    recording = config.source.kind in ("video", "images")
+    if recording and summary.frames_sampled == 0 and not summary.stopped_by_request:
+        print(
+            f"edge-agent: {config.source.uri} gave no usable frame ({summary.invalid_frames} dropped as empty, "
+            "too small or malformed), so nothing was counted: check the recording",
+            file=sys.stderr,
+        )
+        return EXIT_RUNTIME
     return 0
 
 
@@ -212,7 +222,23 @@ def _check_config(path: Path) -> int:
     uri = Path(config.source.uri)
     if config.source.kind in ("video", "images") and not uri.exists():
         problems.append(f"  source.uri = '{config.source.uri}': not found; fix the path")
-    elif config.source.kind == "video" and uri.is_dir():
+    elif config.source.kind == "video" and uri.is_file():
+        from edge_agent.capture import VideoFileSource
+        from edge_agent.errors import SourceError
+
+        try:
+            VideoFileSource(uri, config.source.sample_fps, config.source.start).close()
+        except SourceError as error:
+            problems.append(f"  source.uri: {error}")
+    # Only a warning: the config may be checked on another machine than the Pi that runs it.
+    camera_warning = None
+    if config.source.kind == "picamera2" and importlib.util.find_spec("picamera2") is None:
+        camera_warning = (
+            "  warning: source.kind = 'picamera2', but picamera2 is not installed here, so run would exit. On "
+            "Raspberry Pi OS run 'sudo apt install python3-picamera2' and create the virtual environment with "
+            "--system-site-packages"
+        )
+    if config.source.kind == "video" and uri.is_dir():
         problems.append(f"  source.uri = '{config.source.uri}' is a folder: for photos set source.kind = \"images\"")
     elif config.source.kind == "images" and uri.is_file():
         problems.append(f"  source.uri = '{config.source.uri}' is a file: for a video set source.kind = \"video\"")
@@ -243,8 +269,9 @@ def _check_config(path: Path) -> int:
           f"MemoryMax={memory_max_mib(config.budget_mib)}M")
     print(f"  parts known before the models load: {plan.describe()}")
     print(f"  outbox {config.outbox.path}, at most {config.outbox.max_windows} windows, {config.outbox.when_full}")
-    if outbox_warning:
-        print(outbox_warning)
+    for warning in (outbox_warning, camera_warning):
+        if warning:
+            print(warning)
     return 0
 
 
@@ -255,9 +282,16 @@ def _nearest_existing_dir(path: Path) -> Path:
 
 
 def systemd_quote(argument: str) -> str:
-    """Quote one ExecStart argument: systemd splits on spaces and expands % specifiers and $ variables."""
+    """Quote one ExecStart argument: systemd splits on whitespace and expands % specifiers and $ variables.
+
+    Raises:
+        ConfigError: the argument contains a control character, which a unit file cannot carry.
+    """
+    if any(ord(character) < 32 or ord(character) == 127 for character in argument):
+        raise ConfigError(f"{argument!r} contains a control character (tab, newline, ...): rename the path")
     escaped = argument.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%").replace("$", "$$")
-    return f'"{escaped}"' if escaped != argument or " " in argument or not argument else argument
+    needs_quotes = escaped != argument or not argument or any(character.isspace() for character in argument)
+    return f'"{escaped}"' if needs_quotes else argument
 
 
 def render_unit(budget_mib: int, config_path: str, executable: str = DEFAULT_UNIT_EXECUTABLE) -> str:
@@ -270,7 +304,9 @@ def render_unit(budget_mib: int, config_path: str, executable: str = DEFAULT_UNI
 
     for option, value in (("--config-path", config_path), ("--exec", executable)):
         if not value.startswith("/"):
-            raise ConfigError(f"{option} {value!r} is relative: systemd needs an absolute path, such as /{value}")
+            raise ConfigError(
+                f"{option} {value!r} is relative: systemd needs an absolute path, such as {Path(value).absolute()}"
+            )
     text = UNIT_TEMPLATE.read_text(encoding="utf-8")
     lines = []
     for line in text.splitlines():

@@ -143,6 +143,16 @@ class SourceConfig(_Section):
             raise ValueError(
                 f"start {self.start.isoformat()} is out of range: use a year from {MIN_START_YEAR} to {MAX_START_YEAR}"
             )
+        if self.start is not None and self.kind in ("camera", "picamera2"):
+            raise ValueError(
+                f"start applies to recordings only (kind 'video' or 'images'); a {self.kind} source stamps frames "
+                "with the current time. Remove start, or set kind to video or images"
+            )
+        if self.capture_fps is not None and self.kind in ("video", "images"):
+            raise ValueError(
+                f"capture_fps applies to cameras only; a {self.kind} source keeps its own rate. Remove capture_fps, "
+                "or lower sample_fps to analyse fewer frames"
+            )
         if self.capture_fps is not None and self.capture_fps < self.sample_fps:
             raise ValueError(
                 f"capture_fps ({self.capture_fps}) is below sample_fps ({self.sample_fps}): the camera would "

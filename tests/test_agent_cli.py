@@ -157,14 +157,19 @@ def pi_camera_config(tmp_path: Path, port: int) -> Path:
 
 
 def test_source_path_with_pi_camera_config_names_the_fix(tmp_path, capsys):
-    assert run_agent(pi_camera_config(tmp_path, 1883), "--source", str(VIDEO)) == 2
+    assert main(["run", "--config", str(pi_camera_config(tmp_path, 1883)), "--source", str(VIDEO)]) == 2
     assert "add --source-kind video for a file" in capsys.readouterr().err
 
 
 def test_missing_picamera2_stops_the_agent_at_start(tmp_path, capsys):
     # picamera2 is not installed off a Pi; no number of reconnects would change that.
-    assert run_agent(pi_camera_config(tmp_path, 1883)) == 1
+    assert main(["run", "--config", str(pi_camera_config(tmp_path, 1883))]) == 1
     assert "picamera2 is not installed" in capsys.readouterr().err
+
+
+def test_start_with_a_live_source_is_rejected(tmp_path, capsys):
+    assert run_agent(pi_camera_config(tmp_path, 1883)) == 2
+    assert "start applies to recordings only" in capsys.readouterr().err
 
 
 def test_source_kind_switch_takes_that_kind_loss_policy(tmp_path, mqtt_broker):
@@ -173,3 +178,22 @@ def test_source_kind_switch_takes_that_kind_loss_policy(tmp_path, mqtt_broker):
     exit_code = run_agent(config, "--source", str(VIDEO), "--source-kind", "video", "--summary-json", str(summary_path))
     assert exit_code == 0
     assert json.loads(summary_path.read_text())["frames_sampled"] == 12
+
+
+def test_replay_without_a_usable_frame_fails(tmp_path, mqtt_broker, capsys):
+    import cv2
+    import numpy as np
+
+    tiny = tmp_path / "tiny.avi"
+    writer = cv2.VideoWriter(str(tiny), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (8, 8))
+    for _ in range(20):
+        writer.write(np.zeros((8, 8, 3), np.uint8))
+    writer.release()
+    assert run_agent(write_config(tmp_path, mqtt_broker.port), "--source", str(tiny)) == 1
+    assert "gave no usable frame" in capsys.readouterr().err
+
+
+def test_date_without_offset_gets_a_valid_example(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--config", str(write_config(tmp_path, 1883)), "--start", "2026-03-02"])
+    assert "for example 2026-03-02T00:00:00+00:00" in capsys.readouterr().err

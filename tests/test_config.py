@@ -64,6 +64,7 @@ def test_camera_uri_is_not_a_path(tmp_path):
         (MINIMAL + '[source]\non_loss = "retry"\n', ["source.on_loss = 'retry'"]),
         (MINIMAL + "[source]\nsample_fps = 4\ncapture_fps = 2\n", ["capture_fps (2.0) is below sample_fps (4.0)"]),
         (MINIMAL + "[source]\ncapture_fps = 0\n", ["source.capture_fps = 0"]),
+        (MINIMAL + '[source]\nkind = "video"\nuri = "a.mp4"\ncapture_fps = 5\n', ["capture_fps applies to cameras only"]),
         (MINIMAL + "[source]\nstart = 0026-03-02T08:15:00+01:00\n", ["use a year from 1970 to 9000"]),
         (MINIMAL + "[window]\nlength_s = true\n", ["window.length_s = True", "write a number without quotes"]),
         (MINIMAL + 'budget_mib = "256"\n', ["budget_mib = '256'", "write a whole number without quotes"]),
@@ -200,3 +201,16 @@ def test_check_config_needs_the_model_card(tmp_path, capsys):
     text = MINIMAL + f'[classifier]\nmodel = "{model}"\n'
     assert main(["check-config", str(write(tmp_path, text))]) == 2
     assert "Model card not found" in capsys.readouterr().err
+
+
+def test_check_config_decodes_the_video(tmp_path, capsys):
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    text = MINIMAL + '[source]\nkind = "video"\nuri = "empty.mp4"\n'
+    assert main(["check-config", str(write(tmp_path, text))]) == 2
+    assert "source.uri: Cannot open video" in capsys.readouterr().err
+
+
+def test_check_config_warns_without_picamera2(tmp_path, capsys):
+    text = MINIMAL + '[source]\nkind = "picamera2"\n'
+    assert main(["check-config", str(write(tmp_path, text))]) == 0
+    assert "warning: source.kind = 'picamera2', but picamera2 is not installed here" in capsys.readouterr().out

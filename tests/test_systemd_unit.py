@@ -14,6 +14,7 @@ import pytest
 from edge_agent.budget import memory_max_mib
 from edge_agent.cli import main, render_unit
 from edge_agent.config import DEFAULT_BUDGET_MIB
+from edge_agent.errors import ConfigError
 from edge_agent.sd_notify import Watchdog
 from tests.agent_process import start_agent, wait_until, write_live_config
 from tests.conftest import REPO_ROOT
@@ -151,3 +152,9 @@ def test_rendered_unit_rejects_relative_paths(tmp_path, capsys):
     config.write_text('device_id = "pi-1"\nroom = "1"\n')
     assert main(["systemd-unit", str(config), "--config-path", "agent.toml"]) == 2
     assert "--config-path 'agent.toml' is relative: systemd needs an absolute path" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", ["/etc/a\nb.toml", "/etc/a\tb.toml"])
+def test_rendered_unit_rejects_control_characters(path):
+    with pytest.raises(ConfigError, match="contains a control character"):
+        render_unit(DEFAULT_BUDGET_MIB, path)
