@@ -71,7 +71,11 @@ def lecture_json(report: LectureReport) -> str:
             ],
         },
         "labels": list(report.labels),
-        "shares": [{"label": s.label, "count": s.count, "percent": s.percent} for s in report.shares],
+        # Without classified faces a share has no percentage, as in the timeline and in CSV.
+        "shares": [
+            {"label": s.label, "count": s.count, "percent": s.percent if coverage.classified_faces else None}
+            for s in report.shares
+        ],
         "step_s": report.step_s,
         "timeline": [
             {

@@ -178,7 +178,9 @@ def test_lecture_without_classified_faces_keeps_the_columns(tmp_path: Path) -> N
         opened.close()
     header = next(csv.reader(io.StringIO(exports.lecture_csv(report))))
     assert "happy_percent" in header and "neutral_percent" in header
-    assert json.loads(exports.lecture_json(report))["labels"] == list(FER2013_LABELS)
+    data = json.loads(exports.lecture_json(report))
+    assert data["labels"] == list(FER2013_LABELS)
+    assert {share["percent"] for share in data["shares"]} == {None}
 
 
 def test_range_report_counts_overlapping_windows_once(store: Store) -> None:
