@@ -149,8 +149,8 @@ def stop(process: subprocess.Popen | None) -> None:
 def prepare_work_dir(work_dir: Path) -> None:
     """Empty a work folder that an earlier demo made, or create a new one.
 
-    A folder that holds anything else is refused, never emptied: ``--work-dir`` may have
-    been given a folder with the user's own files.
+    A folder that contains anything else is rejected, never emptied, because ``--work-dir``
+    may name a folder with the user's own files.
     """
     if work_dir.exists():
         if not work_dir.is_dir():

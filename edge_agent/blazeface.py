@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 
 from edge_agent.errors import ModelError
-from edge_agent.runtime import load_interpreter
+from edge_agent.runtime import allocate_tensors, load_interpreter
 
 log = logging.getLogger(__name__)
 
@@ -184,10 +184,7 @@ class BlazeFaceModel:
             # for the float model, so the 192x192 one is dropped until a plan needs it.
             self._interpreters.clear()
         else:
-            try:
-                native.allocate_tensors()
-            except (ValueError, RuntimeError) as error:
-                raise ModelError(f"Cannot load {self.model_path} as a TFLite model: {error}") from None
+            allocate_tensors(native, self.model_path)
 
     @property
     def input_dtype(self) -> np.dtype:

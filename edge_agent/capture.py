@@ -418,7 +418,7 @@ class PiCamera2Source(LiveSource):
                 # Equal limits fix the frame rate; exposure can then last up to one frame.
                 controls["FrameDurationLimits"] = (frame_us, frame_us)
             # Three buffers: one being filled, one queued, one read. picamera2's video default
-            # of six holds three more frames (8 MiB at 1280x720) that latest-frame sampling drops.
+            # of six keeps three more frames (8 MiB at 1280x720) that latest-frame sampling drops.
             config = self._camera.create_video_configuration(
                 main={"size": size, "format": pixel_format}, controls=controls, buffer_count=3
             )
@@ -496,7 +496,7 @@ class ResilientSource:
 
     @property
     def largest_frame_px(self) -> tuple[int, int]:
-        """Return the (width, height) of the largest frame that ``frames`` can yield.
+        """(width, height) of the largest frame that ``frames`` can yield.
 
         A video file's frames all have the size of its first, scaled like ``prepare_frame``
         does. Cameras and photo folders may deliver any size up to ``max_frame_px``.

@@ -222,7 +222,11 @@ def _check_config(path: Path) -> int:
     uri = Path(config.source.uri)
     if config.source.kind in ("video", "images") and not uri.exists():
         problems.append(f"  source.uri = '{config.source.uri}': not found; fix the path")
-    elif config.source.kind == "video" and uri.is_file():
+    elif config.source.kind == "video" and uri.is_dir():
+        problems.append(f"  source.uri = '{config.source.uri}' is a folder: for photos set source.kind = \"images\"")
+    elif config.source.kind == "images" and uri.is_file():
+        problems.append(f"  source.uri = '{config.source.uri}' is a file: for a video set source.kind = \"video\"")
+    elif config.source.kind == "video":
         from edge_agent.capture import VideoFileSource
         from edge_agent.errors import SourceError
 
@@ -238,10 +242,6 @@ def _check_config(path: Path) -> int:
             "Raspberry Pi OS run 'sudo apt install python3-picamera2' and create the virtual environment with "
             "--system-site-packages"
         )
-    if config.source.kind == "video" and uri.is_dir():
-        problems.append(f"  source.uri = '{config.source.uri}' is a folder: for photos set source.kind = \"images\"")
-    elif config.source.kind == "images" and uri.is_file():
-        problems.append(f"  source.uri = '{config.source.uri}' is a file: for a video set source.kind = \"video\"")
     for check in (check_tls_files, read_password):
         try:
             check(config.mqtt)

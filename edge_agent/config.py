@@ -39,13 +39,13 @@ DEFAULT_MAX_FRAME_WIDTH_PX = 1920
 DEFAULT_MAX_FRAME_HEIGHT_PX = 1080
 DEFAULT_BUDGET_MIB = 256
 # Bounds of the default camera frame rate. Most USB (UVC) cameras offer 5 frames/s and
-# more; 30 is the usual maximum, and the rate most cameras run at when not asked.
+# more. 30 is the usual maximum, and the rate most cameras run at when not asked.
 MIN_DEFAULT_CAPTURE_FPS = 5.0
-# Window times are written with four-digit years and converted to UTC; a start far outside
+MAX_DEFAULT_CAPTURE_FPS = 30.0
+# Window times are written with four-digit years and converted to UTC. A start far outside
 # these years overflows or makes payloads that the aggregator rejects.
 MIN_START_YEAR = 1970
 MAX_START_YEAR = 9000
-MAX_DEFAULT_CAPTURE_FPS = 30.0
 
 
 class _Section(BaseModel):
@@ -133,7 +133,7 @@ class SourceConfig(_Section):
         return (self.width or DEFAULT_MAX_FRAME_WIDTH_PX, self.height or DEFAULT_MAX_FRAME_HEIGHT_PX)
 
     @model_validator(mode="after")
-    def _check_reconnect(self) -> SourceConfig:
+    def _check_source(self) -> SourceConfig:
         if self.on_loss == "reconnect" and self.kind in ("video", "images"):
             raise ValueError(
                 f"on_loss = 'reconnect' applies to live sources only; a {self.kind} source would replay its "

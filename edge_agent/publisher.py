@@ -121,7 +121,7 @@ def check_tls_files(config: MqttConfig) -> None:
             context.load_verify_locations(cafile=str(config.ca_file))
         except (ssl.SSLError, OSError, ValueError) as error:
             raise ConfigError(
-                f"mqtt.ca_file {config.ca_file} holds no readable CA certificate ({error}): give the broker's CA "
+                f"mqtt.ca_file {config.ca_file} contains no valid CA certificate ({error}): give the broker's CA "
                 "certificate in PEM format"
             ) from None
     if config.cert_file is not None:

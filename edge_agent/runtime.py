@@ -35,6 +35,14 @@ def interpreter_class() -> tuple[type, str]:
         ) from None
 
 
+def allocate_tensors(interpreter: Any, model_path: Path) -> None:
+    """Allocate an interpreter's tensors, raising ``ModelError`` with the model's path when it fails."""
+    try:
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as error:
+        raise ModelError(f"Cannot load {model_path} as a TFLite model: {error}") from None
+
+
 def load_interpreter(model_path: Path, num_threads: int = 1, allocate: bool = True) -> Any:
     """Load a .tflite file and, unless ``allocate`` is false, allocate its tensors.
 
@@ -50,9 +58,9 @@ def load_interpreter(model_path: Path, num_threads: int = 1, allocate: bool = Tr
     interpreter_type, package = interpreter_class()
     try:
         interpreter = interpreter_type(model_path=str(model_path), num_threads=num_threads)
-        if allocate:
-            interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as error:
         raise ModelError(f"Cannot load {model_path} as a TFLite model: {error}") from None
+    if allocate:
+        allocate_tensors(interpreter, model_path)
     log.debug("Loaded %s with %s (%d threads)", model_path, package, num_threads)
     return interpreter

@@ -156,7 +156,7 @@ def pi_camera_config(tmp_path: Path, port: int) -> Path:
     return config
 
 
-def test_source_path_with_pi_camera_config_names_the_fix(tmp_path, capsys):
+def test_source_path_with_pi_camera(tmp_path, capsys):
     assert main(["run", "--config", str(pi_camera_config(tmp_path, 1883)), "--source", str(VIDEO)]) == 2
     assert "add --source-kind video for a file" in capsys.readouterr().err
 

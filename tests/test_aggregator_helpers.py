@@ -211,7 +211,7 @@ def assert_known_report(report: LectureReport) -> None:
 
 
 def assert_one_error(err: str, *parts: str) -> None:
-    """Assert that the aggregator printed exactly one error line, and that it holds every part."""
+    """Assert that the aggregator printed exactly one error line, and that it contains every part."""
     assert err.startswith("aggregator: error: ")
     assert err.count("\n") == 1
     for part in parts:

@@ -177,7 +177,8 @@ def test_lecture_without_classified_faces_keeps_the_columns(tmp_path: Path) -> N
     finally:
         opened.close()
     header = next(csv.reader(io.StringIO(exports.lecture_csv(report))))
-    assert "happy_percent" in header and "neutral_percent" in header
+    assert "happy_percent" in header
+    assert "neutral_percent" in header
     data = json.loads(exports.lecture_json(report))
     assert data["labels"] == list(FER2013_LABELS)
     assert {share["percent"] for share in data["shares"]} == {None}

@@ -104,7 +104,7 @@ def test_buffered_socket_reads_at_most_read_size() -> None:
         right.close()
 
 
-def test_other_paho_version_fails_at_start_with_the_fix(monkeypatch):
+def test_other_paho_version_fails(monkeypatch):
     from aggregator import mqtt_client
 
     monkeypatch.setattr(mqtt_client, "PAHO_PRIVATE_NAMES", (*mqtt_client.PAHO_PRIVATE_NAMES, "_gone_in_paho_3"))

@@ -553,7 +553,7 @@ def test_csv_unknown_column(tmp_path: Path, db_url: str, capsys) -> None:
 
 
 def test_ics_same_key_twice(tmp_path: Path, db_url: str, capsys) -> None:
-    # Without a UID the key is title and start, so these two events cannot be told apart.
+    # Without a UID the key is title and start, so these two events are indistinguishable.
     event = "SUMMARY:Physics\nDTSTART:20260316T090000Z\nDTEND:20260316T100000Z\nLOCATION:{}"
     path = tmp_path / "no-uid.ics"
     path.write_text(calendar(event.format("B-101"), event.format("B-101"), event.format("C-2")))

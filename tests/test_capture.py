@@ -263,7 +263,7 @@ def test_file_given_as_image_folder_names_the_fix():
 
 
 @pytest.mark.parametrize(("limit", "expected"), [((1920, 1080), None), ((320, 320), 320)])
-def test_largest_frame_of_a_video_is_its_own_size(limit, expected):
+def test_largest_frame_video_own_size(limit, expected):
     config = SourceConfig(kind="video", uri=str(VIDEO), start=START, width=limit[0], height=limit[1])
     source = ResilientSource(config)
     frame = next(source.frames())
@@ -276,13 +276,13 @@ def test_largest_frame_of_a_video_is_its_own_size(limit, expected):
         assert (width_px, height_px) != limit
 
 
-def test_largest_frame_of_a_photo_folder_is_the_limit():
+def test_largest_frame_photos_use_limit():
     config = SourceConfig(kind="images", uri=str(LABELLED_DIR), start=START, width=800, height=600)
     assert ResilientSource(config).largest_frame_px == (800, 600)
 
 
 class FakePicamera2:
-    """Records what PiCamera2Source asks of picamera2; no camera is needed."""
+    """Records the configuration that PiCamera2Source requests from picamera2, without a camera."""
 
     configurations: list = []
 

@@ -173,7 +173,7 @@ def test_camera_frame_rate_follows_sampling(tmp_path, settings, expected_fps):
     assert config.source.camera_fps == expected_fps
 
 
-def test_override_into_a_value_that_should_be_a_section(tmp_path):
+def test_override_into_non_section(tmp_path):
     with pytest.raises(ConfigError, match=r"source = 'video' is a single value.*write it as a \[source\] table"):
         load_config(write(tmp_path, MINIMAL.replace('room = "101"\n', 'room = "101"\nsource = "video"\n')), {"source": {"uri": "x.mp4"}})
 
@@ -182,7 +182,7 @@ def test_check_config_loads_the_ca_file(tmp_path, capsys):
     (tmp_path / "ca.pem").write_text("not a certificate\n")
     text = MINIMAL + '[mqtt]\nca_file = "ca.pem"\n'
     assert main(["check-config", str(write(tmp_path, text))]) == 2
-    assert "holds no readable CA certificate" in capsys.readouterr().err
+    assert "contains no valid CA certificate" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
