@@ -30,9 +30,10 @@ from aggregator import __version__
 from aggregator.errors import AggregatorError, ConfigError
 from aggregator.ingest import Ingest, IngestSettings, default_client_id
 from aggregator.devices import DEFAULT_SILENT_AFTER_S, check_silent_after_s, list_devices
+from aggregator.plural import counted
 from aggregator.range_report import compute_range_report
-from aggregator.report import DEFAULT_STEP_S, compute_report
-from aggregator.store import DEFAULT_DB_URL, Lecture, LectureSource, Store
+from aggregator.report import DEFAULT_STEP_S, MAX_STEP_S, check_step_s, compute_report
+from aggregator.store import DEFAULT_DB_URL, Lecture, LectureRunningError, LectureSource, Store
 from aggregator.text_report import render_range_text, render_text
 from aggregator.times import Zone, format_offset, parse_day_or_time, parse_time, resolve_zone
 from aggregator.timetable import (
@@ -56,9 +57,6 @@ DEFAULT_AD_HOC_MIN = 90
 # An ad hoc lecture runs at most a day before 'lecture stop' ends it.
 MAX_AD_HOC_MIN = 24 * 60
 REPORT_FORMATS = ("text", "csv", "json", "html")
-# A timeline step longer than a year shows nothing new, and the bound keeps its timedelta
-# far from overflowing.
-MAX_STEP_S = 366 * 24 * 3600
 # Lecture ids are 64-bit integers in both databases.
 MAX_LECTURE_ID = 2**63 - 1
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -124,15 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--to", dest="range_to", help="day after the last (ISO date or time, in --tz) of a range report")
     report.add_argument("--format", choices=REPORT_FORMATS, default="text", help="output format (default: text)")
     report.add_argument("--output", type=Path, help="write the report to this file instead of stdout")
+    # Read as text, so that a value such as 'inf' or '1.5' gets the same message as one out of range.
     report.add_argument(
         "--step-s",
-        type=int,
-        default=DEFAULT_STEP_S,
-        help=f"length of one timeline row in seconds, 1 to {MAX_STEP_S} (default: {DEFAULT_STEP_S})",
+        default=str(DEFAULT_STEP_S),
+        help=f"length of one timeline row of a lecture report in seconds, 1 to {MAX_STEP_S} "
+        f"(default: {DEFAULT_STEP_S})",
     )
     report.set_defaults(handler=_report)
 
-    devices = commands.add_parser("devices", parents=[database, zone], help="list devices and flag silent ones")
+    devices = commands.add_parser(
+        "devices", parents=[database, zone], help="list devices and flag silent and paused ones"
+    )
     devices.add_argument(
         "--silent-after-s",
         type=float,
@@ -341,13 +342,57 @@ def _lecture_list(args: argparse.Namespace) -> int:
     if not lectures:
         print("No lectures yet: add one with 'aggregator lecture add'", file=sys.stderr)
         return 0
-    print(f"{'id':>5}  {'start':<16}  {'end':<16}  {'room':<12}  title   (times in {zone.name})")
-    for lecture in lectures:
-        start = lecture.start.astimezone(zone.tzinfo)
-        end = lecture.end.astimezone(zone.tzinfo)
-        times = f"{start:%Y-%m-%d %H:%M}  {end:%Y-%m-%d %H:%M}"
-        print(f"{lecture.id:>5}  {times}  {lecture.room:<12}  {lecture.title}")
+    header = ("id", "date", "start", "end", "duration", "room")
+    rows = [_lecture_row(lecture, zone) for lecture in lectures]
+    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
+    print(_table_line(header, widths, f"title   (times in {zone.name})"))
+    for row, lecture in zip(rows, lectures, strict=True):
+        print(_table_line(row, widths, lecture.title))
     return 0
+
+
+def _table_line(cells: Sequence[str], widths: Sequence[int], last: str) -> str:
+    # The id column is aligned right and the others left. The last column is not padded.
+    padded = [cells[0].rjust(widths[0])]
+    padded += [cell.ljust(width) for cell, width in zip(cells[1:], widths[1:], strict=True)]
+    return "  ".join([*padded, last])
+
+
+def _lecture_row(lecture: Lecture, zone: Zone) -> tuple[str, str, str, str, str, str]:
+    """Return the id, date, start, end, duration and room of a lecture as ``lecture list`` shows them.
+
+    Times are on the clock of ``zone``, cut to whole seconds, and show seconds only when
+    they are not zero. The end shows its date when that differs from the start's.
+    """
+    start = lecture.start.astimezone(zone.tzinfo).replace(microsecond=0)
+    end = lecture.end.astimezone(zone.tzinfo).replace(microsecond=0)
+    end_text = _clock_time(end) if end.date() == start.date() else f"{end:%Y-%m-%d} {_clock_time(end)}"
+    return (
+        str(lecture.id),
+        f"{start:%a %Y-%m-%d}",
+        _clock_time(start),
+        end_text,
+        _format_duration((end - start).total_seconds()),
+        lecture.room,
+    )
+
+
+def _clock_time(moment: datetime) -> str:
+    return f"{moment:%H:%M:%S}" if moment.second else f"{moment:%H:%M}"
+
+
+def _format_duration(seconds: float) -> str:
+    """Return a duration such as '1 h 30 min', '45 min' or '2 min 30 s', in whole seconds."""
+    hours, rest = divmod(round(seconds), 3600)
+    minutes, whole_seconds = divmod(rest, 60)
+    parts = []
+    if hours:
+        parts.append(f"{hours} h")
+    if minutes:
+        parts.append(f"{minutes} min")
+    if whole_seconds or not parts:
+        parts.append(f"{whole_seconds} s")
+    return " ".join(parts)
 
 
 def _lecture_start(args: argparse.Namespace) -> int:
@@ -358,35 +403,24 @@ def _lecture_start(args: argparse.Namespace) -> int:
             "lecture with 'aggregator lecture stop'"
         )
     check_lecture_fields("lecture start", args.room, args.title, args.course)
-    # 'lecture stop' ends a lecture at a time with microseconds, so the check uses them too.
+    # The store starts the lecture at now cut to whole seconds, so the planned end is cut too.
     exact_now = datetime.now(UTC)
-    now = exact_now.replace(microsecond=0)
+    planned_end = exact_now.replace(microsecond=0) + timedelta(minutes=args.planned_min)
     with Store.open(args.db) as store:
-        # NOTE: check and insert are two transactions, so two 'lecture start' at the same
-        # moment can still both succeed.
-        running = _running_ad_hoc_lecture(store, args.room, exact_now)
-        if running is not None:
+        try:
+            lecture = store.start_ad_hoc_lecture(
+                args.room, args.title, exact_now, planned_end, course=args.course
+            )
+        except LectureRunningError as error:
+            running = error.running
             raise ConfigError(
                 f"Lecture {running.id} {running.title!r} already runs in room {args.room!r} since "
                 f"{_local_time(running.start, zone)}: end it with "
                 f"'aggregator lecture stop --room {shlex.quote(args.room)}' before you start another"
-            )
-        lecture = store.add_lecture(
-            args.room, args.title, now, now + timedelta(minutes=args.planned_min),
-            course=args.course, source=LectureSource.AD_HOC,
-        )
+            ) from None
     print(lecture.id)
     print(f"Started lecture {lecture.id}: {_describe(lecture, zone)}", file=sys.stderr)
     return 0
-
-
-def _running_ad_hoc_lecture(store: Store, room: str, now: datetime) -> Lecture | None:
-    # The same query as Store.stop_lecture: the latest ad hoc lecture of the room that runs at now.
-    started = store.list_lectures(room=room, end=now + timedelta(microseconds=1))
-    running = [
-        lecture for lecture in started if lecture.source is LectureSource.AD_HOC and lecture.end > now
-    ]
-    return running[-1] if running else None
 
 
 def _lecture_stop(args: argparse.Namespace) -> int:
@@ -408,6 +442,9 @@ def _lecture_import(args: argparse.Namespace) -> int:
                 "so drop them and delete the rows you do not want"
             )
         entries = read_csv_timetable(args.path, args.room, zone)
+        if not entries:
+            print(f"No lectures in {args.path.name}: it has only a header, nothing imported", file=sys.stderr)
+            return 0
         with Store.open(args.db) as store:
             result = store.import_timetable(entries, LectureSource.CSV)
     elif suffix in (".ics", ".ical"):
@@ -418,17 +455,27 @@ def _lecture_import(args: argparse.Namespace) -> int:
                 f"--to {args.range_to!r} is not after --from {args.range_from!r}: correct or swap them"
             )
         timetable = read_ics_timetable(args.path, args.room, zone, start, end)
+        if not timetable.entries:
+            scope = f" from {args.range_from}" if args.range_from else ""
+            scope += f" to {args.range_to}" if args.range_to else ""
+            print(f"No lectures in {args.path.name}{scope}: nothing imported", file=sys.stderr)
+            return 0
         with Store.open(args.db) as store:
             adopt_earlier_uids(store, timetable)
             result = store.import_timetable(timetable.entries, LectureSource.ICS)
     else:
         raise ConfigError(f"Unknown timetable type {args.path.name!r}: give a .csv or .ics file")
-    print(f"Imported {args.path.name}: {result.added} lectures added, {result.updated} updated", file=sys.stderr)
+    print(
+        f"Imported {args.path.name}: {counted(result.added, 'lecture')} added, {result.updated} updated",
+        file=sys.stderr,
+    )
     return 0
 
 
 def _report(args: argparse.Namespace) -> int:
     zone = resolve_zone(args.tz)
+    # Checked for range reports too, although only a lecture report has a timeline.
+    step_s = _step_seconds(args.step_s)
     if args.lecture_id is not None:
         if args.room or args.course or args.range_from or args.range_to:
             raise ConfigError(
@@ -438,9 +485,7 @@ def _report(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"Invalid LECTURE_ID {args.lecture_id}: use an id that 'aggregator lecture list' shows"
             )
-        if not 1 <= args.step_s <= MAX_STEP_S:
-            raise ConfigError(f"Invalid --step-s {args.step_s}: use 1 to {MAX_STEP_S} seconds (366 days)")
-        output = _lecture_report(args, zone)
+        output = _lecture_report(args, zone, step_s)
     else:
         output = _range_report(args, zone)
     if args.output is None:
@@ -454,11 +499,21 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lecture_report(args: argparse.Namespace, zone: Zone) -> str:
+def _step_seconds(text: str) -> int:
+    """Return --step-s as a whole number of seconds from 1 to MAX_STEP_S, with the library's check."""
+    try:
+        step_s = int(text)
+    except ValueError:
+        # check_step_s rejects the text with the same message as an out-of-range number.
+        return check_step_s(text)
+    return check_step_s(step_s)
+
+
+def _lecture_report(args: argparse.Namespace, zone: Zone, step_s: int) -> str:
     from aggregator import exports
 
     with _open_existing_store(args.db) as store:
-        report = compute_report(store, args.lecture_id, zone, step_s=args.step_s)
+        report = compute_report(store, args.lecture_id, zone, step_s=step_s)
     if args.format == "html":
         from aggregator.html_report import render_lecture_html
 
@@ -506,19 +561,29 @@ def _devices(args: argparse.Namespace) -> int:
     if not devices:
         print("No devices yet: they appear with their first window, status or stats message", file=sys.stderr)
         return 0
-    print(f"{'device':<20}  {'room':<12}  {'status':<8}  {'last seen':<19}  {'ago':>9}  flag   (times in {zone.name})")
-    silent = 0
+    print(
+        f"{'device':<20}  {'room':<12}  {'status':<8}  {'counting':<8}  {'last seen':<19}  {'ago':>9}  flag   "
+        f"(times in {zone.name})"
+    )
+    silent = paused = 0
     for device in devices:
         ago_s = (now - device.last_seen).total_seconds()
-        flag = "SILENT" if device.silent(now, args.silent_after_s) else ""
-        silent += bool(flag)
+        flags = []
+        if device.silent(now, args.silent_after_s):
+            flags.append("SILENT")
+            silent += 1
+        # A paused agent sends no windows, so its lectures show gaps until it is resumed.
+        if device.counting == "paused":
+            flags.append("PAUSED")
+            paused += 1
         last_seen = device.last_seen.astimezone(zone.tzinfo)
         print(
             f"{device.device_id:<20}  {device.room or '-':<12}  {device.status or '-':<8}  "
-            f"{last_seen:%Y-%m-%d %H:%M:%S}  {ago_s:>8.0f}s  {flag}".rstrip()
+            f"{device.counting or '-':<8}  {last_seen:%Y-%m-%d %H:%M:%S}  {ago_s:>8.0f}s  {' '.join(flags)}".rstrip()
         )
     print(
-        f"{len(devices)} devices, {silent} silent (offline, or nothing for {args.silent_after_s:.15g} s)",
+        f"{counted(len(devices), 'device')}, {silent} silent (offline, or nothing for {args.silent_after_s:.15g} s), "
+        f"{paused} with counting paused",
         file=sys.stderr,
     )
     return 0
@@ -531,7 +596,8 @@ def _purge(args: argparse.Namespace) -> int:
         result = store.purge_before(cutoff)
     print(
         f"Purged data before {cutoff.isoformat(timespec='seconds')} ({retention_days} days): "
-        f"{result.windows} windows, {result.lectures} lectures, {result.devices} devices",
+        f"{counted(result.windows, 'window')}, {counted(result.lectures, 'lecture')}, "
+        f"{counted(result.devices, 'device')}",
         file=sys.stderr,
     )
     return 0
@@ -565,8 +631,11 @@ def _retention_days(option: int | None) -> int:
 def _open_existing_store(url: str) -> Store:
     """Open the database of a command that reads or changes existing rows only.
 
-    A missing SQLite file is an error here: opening it would create an empty database,
-    and a mistyped --db would then look like a database without lectures.
+    Such a command creates no database and no tables, because a mistyped --db would then
+    look like a database without lectures. A missing SQLite file and a database without the
+    aggregator's tables (an empty file, or an empty PostgreSQL database) are errors. A
+    schema that an older version created is upgraded, as every command does, because
+    the queries need the current one.
     """
     path = _sqlite_file(url)
     if path is not None and not path.exists():
@@ -574,7 +643,21 @@ def _open_existing_store(url: str) -> Store:
             f"No database at {str(path)!r}: check --db or ${DB_ENVIRONMENT_VARIABLE}. "
             "'aggregator run' and 'aggregator lecture add' create a new one"
         )
+    # SQLite writes a header into an empty file as soon as a connection sets WAL mode.
+    if path is not None and path.is_file() and path.stat().st_size == 0:
+        raise _no_tables_error(str(path))
+    with Store.open(url, upgrade=False) as store:
+        if store.schema_revision() is None:
+            raise _no_tables_error(store.display_url)
     return Store.open(url)
+
+
+def _no_tables_error(database: str) -> ConfigError:
+    return ConfigError(
+        f"The database {database} contains no aggregator tables yet: check --db or "
+        f"${DB_ENVIRONMENT_VARIABLE}, or create the tables by starting 'aggregator run' with this "
+        "--db, or by adding lectures with 'aggregator lecture add' or 'aggregator lecture import'"
+    )
 
 
 def _sqlite_file(url: str) -> Path | None:

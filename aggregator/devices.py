@@ -1,11 +1,13 @@
 """Devices: which agents the aggregator has heard from, their MQTT status and latest statistics.
 
-Three topics of each agent update its row:
+Four topics of each agent update its row:
 
 - ``{prefix}/{device_id}/window``: every stored batch moves ``last_seen`` and
   ``last_window_end`` forward (never back, so a redelivered old window changes nothing).
 - ``{prefix}/{device_id}/status``: retained text ``online``, ``offline`` (the agent's
   last will) or ``stopped``.
+- ``{prefix}/{device_id}/counting``: retained text ``active`` or ``paused`` (counting
+  paused by a command, for a break).
 - ``{prefix}/{device_id}/stats``: the agent's latest statistics. Their JSON fields are
   not fixed yet, so the payload is stored as received (when it is a JSON object) and
   read only defensively.
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
     from aggregator.store import ReceivedWindow, Store
 
 DEVICE_STATUSES = ("online", "offline", "stopped")
+COUNTING_STATES = ("active", "paused")
 MAX_STATS_BYTES = 16 * 1024
 DEFAULT_SILENT_AFTER_S = 120
 # Any device quiet for a year is silent, and the bound keeps the timedelta in
@@ -46,6 +49,7 @@ class DeviceTopic(StrEnum):
     """Topics of an agent besides its windows."""
 
     STATUS = "status"
+    COUNTING = "counting"
     STATS = "stats"
 
 
@@ -53,7 +57,8 @@ class DeviceTopic(StrEnum):
 class DeviceEvent:
     """A validated status or stats message of one device.
 
-    ``text`` is one of DEVICE_STATUSES for STATUS, and a JSON object's text for STATS.
+    ``text`` is one of DEVICE_STATUSES for STATUS, one of COUNTING_STATES for COUNTING, and
+    a JSON object's text for STATS.
     """
 
     device_id: str
@@ -75,6 +80,8 @@ class Device:
     status_at: datetime | None
     stats_json: str | None
     stats_at: datetime | None
+    counting: str | None = None
+    counting_at: datetime | None = None
 
     def stats(self) -> dict[str, Any]:
         """Return the latest stats payload as a dict, or an empty dict when there is none."""
@@ -115,12 +122,35 @@ def parse_status(payload: bytes) -> str:
     Raises:
         ValueError: the payload is not one of DEVICE_STATUSES.
     """
+    return _parse_word(payload, "status", DEVICE_STATUSES)
+
+
+def parse_counting(payload: bytes) -> str:
+    """Return the counting state of a counting payload.
+
+    Raises:
+        ValueError: the payload is not one of COUNTING_STATES.
+    """
+    return _parse_word(payload, "counting", COUNTING_STATES)
+
+
+def parse_device_message(topic: DeviceTopic, payload: bytes) -> str:
+    """Return the text to store of a message on one of the device topics.
+
+    Raises:
+        ValueError: the payload is not valid for its topic.
+    """
+    parsers = {DeviceTopic.STATUS: parse_status, DeviceTopic.COUNTING: parse_counting, DeviceTopic.STATS: parse_stats}
+    return parsers[topic](payload)
+
+
+def _parse_word(payload: bytes, topic: str, allowed: tuple[str, ...]) -> str:
     try:
         text = payload.decode("utf-8").strip()
     except UnicodeDecodeError:
-        raise ValueError("status payload is not UTF-8 text") from None
-    if text not in DEVICE_STATUSES:
-        raise ValueError(f"status {text[:40]!r} is not one of {', '.join(DEVICE_STATUSES)}")
+        raise ValueError(f"{topic} payload is not UTF-8 text") from None
+    if text not in allowed:
+        raise ValueError(f"{topic} {text[:40]!r} is not one of {', '.join(allowed)}")
     return text
 
 
@@ -188,6 +218,8 @@ def upsert_device_events(connection: Connection, events: Sequence[DeviceEvent]) 
     for event in sorted(events, key=lambda item: (item.device_id, item.received_at)):
         if event.topic is DeviceTopic.STATUS:
             values = {"status": event.text, "status_at": event.received_at}
+        elif event.topic is DeviceTopic.COUNTING:
+            values = {"counting": event.text, "counting_at": event.received_at}
         else:
             values = {"stats_json": event.text, "stats_at": event.received_at}
         statement = _insert(connection)(table).values(
@@ -226,4 +258,6 @@ def _device(row: Any) -> Device:
         status_at=row["status_at"],
         stats_json=row["stats_json"],
         stats_at=row["stats_at"],
+        counting=row["counting"],
+        counting_at=row["counting_at"],
     )

@@ -18,8 +18,8 @@ Delivery guarantees, with paho-mqtt 2 and MQTT 5:
 paho's network thread only appends each message to the writer's queue; validation,
 storage and acknowledgement happen in the writer thread, in batches.
 
-Each aggregator also subscribes, without a share group, to every device's ``status``
-and ``stats`` topics: a broker sends retained messages only to non-shared
+Each aggregator also subscribes, without a share group, to every device's ``status``,
+``counting`` and ``stats`` topics: a broker sends retained messages only to non-shared
 subscriptions, and the device rows are updated idempotently however many aggregators
 store the same message.
 
@@ -49,7 +49,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from aggregator import __version__
-from aggregator.devices import DeviceEvent, DeviceTopic, parse_stats, parse_status
+from aggregator.devices import DeviceEvent, DeviceTopic, parse_device_message
 from aggregator.errors import BrokerError, ConfigError
 from aggregator.mqtt_client import BufferedClient
 from aggregator.rejections import RejectionLog, RejectReason
@@ -157,7 +157,7 @@ class IngestSettings:
 
     @property
     def device_subscriptions(self) -> tuple[str, ...]:
-        """Topic filters of the devices' status and stats topics, never shared."""
+        """Topic filters of the devices' status, counting and stats topics, never shared."""
         return tuple(f"{self.topic_prefix}/+/{topic.value}" for topic in DeviceTopic)
 
     @property
@@ -175,9 +175,17 @@ class IngestSettings:
 
 @dataclass(frozen=True, slots=True)
 class IngestStats:
-    """Counts since the ingest started."""
+    """Counts since the ingest started.
+
+    ``received`` counts every message: ``windows_received`` those on window topics, and
+    ``device_messages_received`` the others (status, counting and stats messages, and
+    messages on unknown topics). ``stored`` and ``duplicates`` count windows, and
+    ``rejected`` counts messages of both kinds.
+    """
 
     received: int
+    windows_received: int
+    device_messages_received: int
     stored: int
     duplicates: int
     rejected: int
@@ -228,7 +236,9 @@ class Ingest:
         self._start_error: str | None = None
         self._accepting = True
         self._stopping = False
-        self._received = 0
+        # Written only in paho's network thread. stats() reads them from any thread.
+        self._windows_received = 0
+        self._device_messages_received = 0
         # The receive time of the previous message, converted once for all messages of one read.
         self._received_at: tuple[float, datetime] = (0.0, datetime.now(UTC))
 
@@ -243,8 +253,12 @@ class Ingest:
 
     def stats(self) -> IngestStats:
         """Return the counts since start; safe to call from any thread."""
+        windows_received = self._windows_received
+        device_messages_received = self._device_messages_received
         return IngestStats(
-            received=self._received,
+            received=windows_received + device_messages_received,
+            windows_received=windows_received,
+            device_messages_received=device_messages_received,
             stored=self._writer.stored,
             duplicates=self._writer.duplicates,
             rejected=self._rejections.total,
@@ -316,10 +330,12 @@ class Ingest:
         stats = self.stats()
         reasons = ", ".join(f"{reason}: {count}" for reason, count in stats.rejected_by_reason.items())
         log.info(
-            "Stopped ingest: %d received, %d stored, %d duplicates, %d rejected%s%s",
-            stats.received,
+            "Stopped ingest: windows received %d, stored %d, duplicates %d; device messages received %d; "
+            "messages rejected %d%s%s",
+            stats.windows_received,
             stats.stored,
             stats.duplicates,
+            stats.device_messages_received,
             stats.rejected,
             f" ({reasons})" if reasons else "",
             "" if flushed else f"; {self._writer.unstored} windows not stored will be redelivered",
@@ -425,24 +441,30 @@ class Ingest:
         # Runs in paho's network thread for every window: everything else happens in the writer.
         if not self._accepting:
             return
-        self._received += 1
+        self._count_received(topic)
         self._writer.put(InboundMessage(topic, payload, mid, 1, connection, self._client.received_at_s))
 
     def _on_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
         # QoS 0 messages, and any message that BufferedClient leaves to paho's own decoder.
         if not self._accepting:
             return
-        self._received += 1
         try:
             topic = message.topic.encode()
         except UnicodeDecodeError:
             # _prepare rejects every topic that is not UTF-8 alike.
             topic = b"\xff"
+        self._count_received(topic)
         client = self._client
         inbound = InboundMessage(
             topic, message.payload, message.mid, message.qos, client.connection_number, client.received_at_s
         )
         self._writer.put(inbound)
+
+    def _count_received(self, topic: bytes) -> None:
+        if topic.endswith(b"/window"):
+            self._windows_received += 1
+        else:
+            self._device_messages_received += 1
 
     def _prepare(self, message: InboundMessage) -> ReceivedWindow | DeviceEvent | None:
         """Return the window or device event in a message, or record why it is rejected and return None."""
@@ -462,18 +484,20 @@ class Ingest:
         return self._validate_device_message(topic, message.payload, received_at)
 
     def _validate_device_message(self, topic: str, payload: bytes, received_at: datetime) -> DeviceEvent | None:
-        """Return the status or stats event, or record why the message is rejected and return None."""
+        """Return the status, counting or stats event, or record why the message is rejected and return None."""
         prefix = self._settings.topic_prefix + "/"
         parts = topic[len(prefix) :].split("/") if topic.startswith(prefix) else []
-        if len(parts) != 2 or parts[1] not in (DeviceTopic.STATUS, DeviceTopic.STATS):
-            self._rejections.record(RejectReason.TOPIC_MISMATCH, topic, "not a window, status or stats topic")
+        if len(parts) != 2 or parts[1] not in tuple(DeviceTopic):
+            self._rejections.record(
+                RejectReason.TOPIC_MISMATCH, topic, "not a window, status, counting or stats topic"
+            )
             return None
         device_id, kind = parts[0], DeviceTopic(parts[1])
         if not DEVICE_ID_PATTERN.match(device_id):
             self._rejections.record(RejectReason.TOPIC_MISMATCH, topic, f"invalid device id {device_id!r}")
             return None
         try:
-            text = parse_status(payload) if kind is DeviceTopic.STATUS else parse_stats(payload)
+            text = parse_device_message(kind, payload)
         except ValueError as error:
             self._rejections.record(RejectReason.INVALID_DEVICE_MESSAGE, topic, str(error))
             return None

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, DateTime, Index, Integer, PrimaryKeyConstraint, String, Text, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -67,17 +67,20 @@ class WindowRow(Base):
 
     __tablename__ = "windows"
     __table_args__ = (
+        # Reports read the windows of one room in a time range, ordered by start and device.
+        # The primary key is that order, and SQLite stores a WITHOUT ROWID table in the order
+        # of its primary key, so a lecture's windows lie on a few adjacent pages instead of
+        # one page per window among those of every other room.
+        PrimaryKeyConstraint("room", "window_start", "device_id", name="pk_windows"),
         UniqueConstraint("device_id", "window_start", name="uq_windows_device_id_window_start"),
-        # Reports select the windows of one room in a time range.
-        Index("ix_windows_room_window_start", "room", "window_start"),
         # The purge deletes the windows of every room before a cutoff.
         Index("ix_windows_window_start", "window_start"),
+        {"sqlite_with_rowid": False},
     )
 
-    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True)
-    device_id: Mapped[str] = mapped_column(String(DEVICE_ID_LENGTH))
     room: Mapped[str] = mapped_column(String(ROOM_LENGTH))
     window_start: Mapped[datetime] = mapped_column(UtcDateTime())
+    device_id: Mapped[str] = mapped_column(String(DEVICE_ID_LENGTH))
     window_end: Mapped[datetime] = mapped_column(UtcDateTime())
     frames_sampled: Mapped[int] = mapped_column(Integer)
     faces_seen: Mapped[int] = mapped_column(Integer)
@@ -130,3 +133,6 @@ class DeviceRow(Base):
     # Latest stats payload as received. Its fields are not fixed yet, so it is kept as text.
     stats_json: Mapped[str | None] = mapped_column(Text)
     stats_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # Latest text of the retained counting topic: active or paused.
+    counting: Mapped[str | None] = mapped_column(String(STATUS_LENGTH))
+    counting_at: Mapped[datetime | None] = mapped_column(UtcDateTime())

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from aggregator.errors import ConfigError
-from aggregator.report import LabelShare, LectureReport, build_report, order_labels
+from aggregator.report import MAX_STEP_S, LabelShare, LectureReport, build_report, order_labels
 from aggregator.store import Lecture, Store, StoredWindow
 from aggregator.times import Zone
 from edge_agent.payload import FER2013_LABELS
@@ -73,8 +73,10 @@ def compute_range_report(
     distinct: dict[tuple[str, datetime], StoredWindow] = {}
     for lecture in lectures:
         windows = store.windows_in_room(lecture.room, lecture.start, lecture.end)
-        # One timeline step per lecture: only the totals are needed here.
-        reports.append(build_report(lecture, windows, zone, step_s=max(1, math.ceil(lecture.duration_s))))
+        # Only the totals are needed here, so the timeline gets one step, or a few for a
+        # lecture longer than the largest step.
+        step_s = min(MAX_STEP_S, max(1, math.ceil(lecture.duration_s)))
+        reports.append(build_report(lecture, windows, zone, step_s=step_s))
         for window in windows:
             if lecture.start <= window.window_start < lecture.end:
                 distinct[(window.device_id, window.window_start)] = window

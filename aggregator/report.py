@@ -32,6 +32,9 @@ from aggregator.times import Zone
 from edge_agent.payload import FER2013_LABELS
 
 DEFAULT_STEP_S = 60
+# A timeline step longer than a year shows nothing new, and the bound keeps its timedelta
+# far from overflowing. The CLI checks --step-s against the same bound.
+MAX_STEP_S = 366 * 24 * 3600
 # A timeline longer than this is unreadable as text and most likely comes from a wrong --step-s.
 MAX_TIMELINE_STEPS = 10_000
 
@@ -127,7 +130,8 @@ def compute_report(store: Store, lecture_id: int, zone: Zone, step_s: int = DEFA
 
     Raises:
         LectureNotFoundError: no lecture has the id.
-        ConfigError: ``step_s`` is below 1 or gives more than MAX_TIMELINE_STEPS steps.
+        ConfigError: ``step_s`` is not a whole number from 1 to MAX_STEP_S, or gives more
+            than MAX_TIMELINE_STEPS steps.
     """
     lecture = store.get_lecture(lecture_id)
     _check_step(lecture, step_s)
@@ -166,9 +170,23 @@ def order_labels(labels: Iterable[str]) -> tuple[str, ...]:
     return tuple(known + others)
 
 
+def check_step_s(step_s: object) -> int:
+    """Return ``step_s`` if it is a whole number of seconds from 1 to MAX_STEP_S.
+
+    Raises:
+        ConfigError: ``step_s`` is not an int (a float, even a finite one, or a bool),
+            or is out of range.
+    """
+    allowed = f"use a whole number from 1 to {MAX_STEP_S} seconds (366 days)"
+    if isinstance(step_s, bool) or not isinstance(step_s, int):
+        raise ConfigError(f"Invalid --step-s {step_s!r}: {allowed}")
+    if not 1 <= step_s <= MAX_STEP_S:
+        raise ConfigError(f"Invalid --step-s {step_s}: {allowed}")
+    return step_s
+
+
 def _check_step(lecture: Lecture, step_s: int) -> None:
-    if step_s < 1:
-        raise ConfigError(f"Invalid --step-s {step_s}: use a whole number of seconds, at least 1")
+    check_step_s(step_s)
     steps = math.ceil(lecture.duration_s / step_s)
     if steps > MAX_TIMELINE_STEPS:
         minimum_step_s = math.ceil(lecture.duration_s / MAX_TIMELINE_STEPS)

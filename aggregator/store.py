@@ -9,6 +9,7 @@ so callers in other threads or modules never touch a session.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Iterator, Sequence
@@ -25,7 +26,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from pydantic_core import to_json
-from sqlalchemy import Engine, create_engine, delete, event, func, select, text, update
+from sqlalchemy import Engine, Select, create_engine, delete, event, func, select, text, update
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -40,6 +41,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from aggregator.devices import DeviceEvent, upsert_device_events, upsert_window_devices
 from aggregator.errors import ConfigError, LectureNotFoundError, StoreError
 from aggregator.models import COURSE_LENGTH, ROOM_LENGTH, TITLE_LENGTH, DeviceRow, LectureRow, WindowRow
+from aggregator.plural import counted
 from edge_agent.payload import WindowReport
 
 log = logging.getLogger(__name__)
@@ -56,6 +58,9 @@ SQLITE_CACHE_KIB = 64 * 1024
 # Key of the PostgreSQL advisory lock that serializes migrations of aggregators that
 # start at the same time. Any constant works as long as no other application uses it.
 MIGRATION_LOCK_KEY = 0x636C617373
+# First key of the PostgreSQL advisory locks that serialize 'lecture start' per room. The
+# second is a hash of the room. Locks with two int keys never meet the one-key migration lock.
+AD_HOC_LOCK_CLASS = 0x61646863
 
 MIGRATIONS_LOCATION = "aggregator:migrations"
 
@@ -127,6 +132,14 @@ class Lecture:
     @property
     def duration_s(self) -> float:
         return (self.end - self.start).total_seconds()
+
+
+class LectureRunningError(ConfigError):
+    """Error for a second ad hoc lecture in a room. ``running`` is the lecture that runs there."""
+
+    def __init__(self, message: str, running: Lecture) -> None:
+        super().__init__(message)
+        self.running = running
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,6 +388,51 @@ class Store:
         with self._errors("list lectures"), self._engine.connect() as connection:
             return [_lecture(row) for row in connection.execute(query).mappings()]
 
+    def start_ad_hoc_lecture(
+        self, room: str, title: str, now: datetime, end: datetime, *, course: str | None = None
+    ) -> Lecture:
+        """Store an ad hoc lecture of ``room`` from ``now`` to ``end``, unless one already runs at ``now``.
+
+        The lecture starts at ``now`` cut to whole seconds. The check for a running lecture
+        uses ``now`` itself, because 'lecture stop' ends lectures at times with microseconds.
+        Check and insert run in one transaction that concurrent calls for the room wait
+        for: SQLite's write lock (BEGIN IMMEDIATE), or a PostgreSQL advisory lock of the room.
+
+        Raises:
+            LectureRunningError: an ad hoc lecture of the room runs at ``now``.
+            ConfigError: a value is invalid (see ``add_lecture``).
+        """
+        start = now.replace(microsecond=0)
+        _check_lecture(room, title, start, end)
+        _check_course(course)
+        table = LectureRow.__table__
+        with self._errors(f"start a lecture in room {room!r}"), self._engine.connect() as connection:
+            if self.dialect_name == "sqlite":
+                connection.execution_options(sqlite_begin="BEGIN IMMEDIATE")
+            with connection.begin():
+                if self.dialect_name == "postgresql":
+                    connection.execute(
+                        text("SELECT pg_advisory_xact_lock(:class_key, :room_key)"),
+                        {"class_key": AD_HOC_LOCK_CLASS, "room_key": _room_lock_key(room)},
+                    )
+                query = _running_ad_hoc_query(room, now).with_only_columns(table)
+                running = connection.execute(query).mappings().first()
+                if running is None:
+                    statement = table.insert().values(
+                        room=room, title=title, start=start, end=end, course=course,
+                        source=LectureSource.AD_HOC.value,
+                    )  # fmt: skip
+                    lecture_id = connection.execute(statement.returning(table.c.id)).scalar_one()
+        if running is not None:
+            lecture = _lecture(running)
+            raise LectureRunningError(
+                f"Lecture {lecture.id} {lecture.title!r} already runs in room {room!r} since "
+                f"{lecture.start.isoformat()}: end it with 'aggregator lecture stop' before you "
+                "start another",
+                lecture,
+            )
+        return self.get_lecture(lecture_id)
+
     def stop_lecture(self, room: str, now: datetime) -> Lecture:
         """End the ad hoc lecture that runs in ``room`` at ``now``, and return it.
 
@@ -382,17 +440,7 @@ class Store:
             LectureNotFoundError: no ad hoc lecture of the room runs at ``now``.
         """
         table = LectureRow.__table__
-        running = (
-            select(table.c.id)
-            .where(
-                table.c.room == room,
-                table.c.source == LectureSource.AD_HOC.value,
-                table.c.start <= now,
-                table.c.end > now,
-            )
-            .order_by(table.c.start.desc())
-            .limit(1)
-        )
+        running = _running_ad_hoc_query(room, now)
         with self._errors(f"stop the lecture in room {room!r}"), self._engine.begin() as connection:
             lecture_id = connection.execute(running).scalar_one_or_none()
             if lecture_id is not None:
@@ -416,7 +464,8 @@ class Store:
         table = LectureRow.__table__
         added = 0
         updated = 0
-        with self._errors(f"import {len(entries)} lectures"), self._engine.begin() as connection:
+        count = counted(len(entries), "lecture")
+        with self._errors(f"import {count}"), self._engine.begin() as connection:
             for entry in entries:
                 values = {
                     "title": entry.title,
@@ -593,6 +642,28 @@ def _check_lecture(room: str, title: str, start: datetime, end: datetime) -> Non
         raise ConfigError(
             f"Lecture end {end.isoformat()} is not after its start {start.isoformat()}: swap or correct them"
         )
+
+
+def _running_ad_hoc_query(room: str, now: datetime) -> Select[Any]:
+    """Select the id of the latest ad hoc lecture of ``room`` that runs at ``now``."""
+    table = LectureRow.__table__
+    return (
+        select(table.c.id)
+        .where(
+            table.c.room == room,
+            table.c.source == LectureSource.AD_HOC.value,
+            table.c.start <= now,
+            table.c.end > now,
+        )
+        .order_by(table.c.start.desc(), table.c.id.desc())
+        .limit(1)
+    )
+
+
+def _room_lock_key(room: str) -> int:
+    # A stable signed 32-bit hash: Python's hash() differs between processes. Two rooms
+    # with the same hash only wait for each other.
+    return int.from_bytes(hashlib.blake2b(room.encode(), digest_size=4).digest(), "big", signed=True)
 
 
 def _check_course(course: str | None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from aggregator.plural import counted
 from aggregator.range_report import RangeReport
 from aggregator.report import LectureReport, StepStatus, TimelineStep
 from aggregator.times import format_offset
@@ -128,7 +129,7 @@ def render_range_text(report: RangeReport) -> str:
     """Return a room or course report as text: one row per lecture, then the overall shares."""
     zone = report.zone.tzinfo
     lines = [
-        f"{report.scope.capitalize()} {report.name}: {len(report.lectures)} lectures from "
+        f"{report.scope.capitalize()} {report.name}: {counted(len(report.lectures), 'lecture')} from "
         f"{report.start.astimezone(zone):%Y-%m-%d} to {report.end.astimezone(zone):%Y-%m-%d} ({report.zone.name})",
         "",
     ]

@@ -1,18 +1,22 @@
 """Timetable import: lectures of one room from a CSV file or an iCalendar (.ics) file.
 
 CSV: a header row with the columns ``title``, ``start`` and ``end``, and optionally
-``course``, ``room`` and ``uid``. Times are ISO 8601; a time without a UTC offset is
-local time in the school's zone. ``room`` defaults to the room given to the import,
-``course`` to the title, and ``uid`` to the room, start and title. Two rows with the
-same room and uid are an error, because the second would overwrite the first.
+``course``, ``room`` and ``uid``, separated by ``,`` or ``;`` (the one that occurs more
+often in the header line, as spreadsheet programs in locales with a decimal comma write
+``;``). A file with only a header has no lectures, and an empty file is an error. Times
+are ISO 8601; a time without a UTC offset is local time in the school's zone. ``room``
+defaults to the room given to the import, ``course`` to the title, and ``uid`` to the
+room, start and title. Two rows with the same room and uid are an error, because the
+second would overwrite the first.
 
 iCalendar: each VEVENT is a lecture with SUMMARY as title, CATEGORIES (first value)
 or else SUMMARY as course, and LOCATION or else the given room as room. Recurring
 events (RRULE, RDATE, EXDATE and moved occurrences with RECURRENCE-ID) are expanded
-with ``recurring_ical_events`` within [start, end). A DTSTART with a TZID keeps its
-local clock time across daylight saving changes; a floating DTSTART is read in the
-school's zone. An event may have at most MAX_OCCURRENCES_PER_EVENT occurrences that
-start in the import range.
+with ``recurring_ical_events``, and an occurrence is imported when its actual start lies
+in [start, end), so a moved occurrence counts where it was moved to. A DTSTART with a
+TZID keeps its local clock time across daylight saving changes; a floating DTSTART is
+read in the school's zone. An event may have at most MAX_OCCURRENCES_PER_EVENT
+occurrences that start in the import range.
 
 The key of an iCalendar lecture (its ``uid`` in the store) is the event's UID for a
 single event, so an event that moves keeps its lecture. For an occurrence of a
@@ -24,6 +28,7 @@ events by UID and start as well, and ``adopt_earlier_uids`` renames such lecture
 from __future__ import annotations
 
 import csv
+import io
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -36,6 +41,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from aggregator.errors import ConfigError, StoreError
 from aggregator.models import COURSE_LENGTH, ROOM_LENGTH, SOURCE_UID_LENGTH, TITLE_LENGTH, LectureRow
+from aggregator.plural import counted
 from aggregator.store import LectureSource, Store, TimetableEntry
 from aggregator.times import Zone, parse_time
 
@@ -43,8 +49,17 @@ log = logging.getLogger(__name__)
 
 CSV_REQUIRED_COLUMNS = ("title", "start", "end")
 CSV_COLUMNS = (*CSV_REQUIRED_COLUMNS, "course", "room", "uid")
+CSV_DELIMITERS = {",": "commas", ";": "semicolons"}
+CSV_HEADER_HINT = (
+    "its header must contain title,start,end and may add course,room,uid, separated by ',' or ';'"
+)
 # A timetable without an end date is expanded this far after its first lecture.
 DEFAULT_EXPANSION_DAYS = 366
+# The expansion reads a day more on each side of the import range, because
+# recurring_ical_events compares a floating time with the UTC clock time of the range's
+# bounds, and a UTC offset is less than a day. Only occurrences that start in the range
+# are imported.
+EXPANSION_MARGIN = timedelta(days=1)
 # Occurrences of one event that may start in the import range: a daily lecture for ten
 # years fits. Each expanded occurrence costs about 2 KiB while it is read (measured with
 # recurring-ical-events 3.8), so the cap keeps a rule such as FREQ=MINUTELY from filling
@@ -117,21 +132,30 @@ def check_lecture_fields(where: str, room: str, title: str, course: str | None) 
 
 
 def read_csv_timetable(path: Path, room: str | None, zone: Zone) -> list[TimetableEntry]:
-    """Read the lectures of a CSV timetable.
+    """Read the lectures of a CSV timetable. A file with only a header has none.
 
     Raises:
-        ConfigError: the file is missing, has an unknown or missing column, a row has an
-            invalid value, or two rows have the same room and uid. Messages name the line.
+        ConfigError: the file is missing or empty, has an unknown or missing column, a row
+            has an invalid value, or two rows have the same room and uid. Messages name the line.
     """
     try:
         with path.open(newline="", encoding="utf-8-sig") as file:
-            reader = csv.DictReader(file)
-            # line_num after a row is the file line where the row ends; rows may span lines.
-            rows = [(reader.line_num, row) for row in reader]
-            columns = reader.fieldnames or []
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
+            text = file.read()
+    except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"Cannot read the timetable {str(path)!r}: {error}") from None
-    _check_csv_columns(path, columns, bool(rows))
+    if not text.strip():
+        raise ConfigError(f"The timetable {str(path)!r} is empty: {CSV_HEADER_HINT}")
+    delimiter = _csv_delimiter(text.splitlines()[0])
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+        # line_num after a row is the file line where the row ends; rows may span lines.
+        rows = [(reader.line_num, row) for row in reader]
+        columns = reader.fieldnames or []
+    except csv.Error as error:
+        raise ConfigError(f"Cannot read the timetable {str(path)!r}: {error}") from None
+    if not columns:
+        raise ConfigError(f"The first line of the timetable {str(path)!r} is empty: {CSV_HEADER_HINT}")
+    _check_csv_columns(path, columns)
 
     entries = []
     first_line: dict[tuple[str, str], int] = {}
@@ -139,7 +163,8 @@ def read_csv_timetable(path: Path, room: str | None, zone: Zone) -> list[Timetab
         where = f"{path.name} line {line}"
         if row.get(None):  # type: ignore[call-overload]
             raise ConfigError(
-                f"{where} has more cells than the header has columns: quote cells that contain commas"
+                f"{where} has more cells than the header has columns: quote cells that contain "
+                f"{CSV_DELIMITERS[delimiter]}"
             )
         entry = _csv_entry(row, where, room, zone)
         key = (entry.room, entry.uid)
@@ -150,16 +175,22 @@ def read_csv_timetable(path: Path, room: str | None, zone: Zone) -> list[Timetab
     return entries
 
 
-def _check_csv_columns(path: Path, columns: Iterable[str], has_rows: bool) -> None:
+def _csv_delimiter(header_line: str) -> str:
+    # Column names contain neither character, so the header line shows the separator.
+    return ";" if header_line.count(";") > header_line.count(",") else ","
+
+
+def _check_csv_columns(path: Path, columns: Iterable[str]) -> None:
     columns = list(columns)
-    header = "its header must contain title,start,end and may add course,room,uid"
     unknown = [column for column in columns if column not in CSV_COLUMNS]
     if unknown:
         names = ", ".join(shorten(column) for column in unknown)
-        raise ConfigError(f"The timetable {str(path)!r} has unknown columns {names}: {header}")
+        raise ConfigError(f"The timetable {str(path)!r} has unknown columns {names}: {CSV_HEADER_HINT}")
     missing = [column for column in CSV_REQUIRED_COLUMNS if column not in columns]
-    if has_rows and missing:
-        raise ConfigError(f"The timetable {str(path)!r} has no column {', '.join(missing)}: {header}")
+    if missing:
+        raise ConfigError(
+            f"The timetable {str(path)!r} has no column {', '.join(missing)}: {CSV_HEADER_HINT}"
+        )
 
 
 def _csv_entry(row: dict[str, str], where: str, room: str | None, zone: Zone) -> TimetableEntry:
@@ -201,7 +232,7 @@ def _duplicate_row_message(path: Path, first: int, second: int, entry: Timetable
 def read_ics_timetable(
     path: Path, room: str | None, zone: Zone, start: datetime | None = None, end: datetime | None = None
 ) -> IcsTimetable:
-    """Read the lectures of an iCalendar file, expanding recurring events within [start, end).
+    """Read the lectures of an iCalendar file that start in [start, end), expanding recurring events.
 
     Without ``start`` the expansion begins at the first event, and without ``end`` it
     stops DEFAULT_EXPANSION_DAYS later. Returns the lectures by start time, and the
@@ -238,13 +269,17 @@ def read_ics_timetable(
         if "RRULE" in event:
             _check_occurrence_count(event, path, zone, start, end)
     try:
-        occurrences = recurring_ical_events.of(calendar).between(start, end)
+        expansion = recurring_ical_events.of(calendar)
+        occurrences = expansion.between(start - EXPANSION_MARGIN, end + EXPANSION_MARGIN)
     except Exception as error:  # the library raises several types for malformed rules
         raise ConfigError(f"Cannot expand the events of {str(path)!r}: {error}") from None
 
     recurring = _recurring_uids(events)
     timetable = IcsTimetable(entries=[])
     for occurrence in occurrences:
+        # The library also returns occurrences that start before the range and end in it.
+        if not start <= _local_to_utc(occurrence.decoded("DTSTART"), zone) < end:
+            continue
         entry, earlier_uid = _ics_entry(occurrence, path, room, zone, recurring)
         timetable.entries.append(entry)
         if earlier_uid != entry.uid:
@@ -452,7 +487,8 @@ def _course(event: object) -> str | None:
 
 
 def _local_to_utc(moment: date | datetime, zone: Zone) -> datetime:
-    # Only for the start of the import range: an all-day event counts from midnight.
+    # For comparisons only: an all-day event counts from midnight, and _ics_entry rejects
+    # one that starts in the import range.
     if not isinstance(moment, datetime):
         moment = datetime.combine(moment, time())
     if moment.tzinfo is None:
@@ -493,7 +529,10 @@ def adopt_earlier_uids(store: Store, timetable: IcsTimetable) -> int:
             f"Cannot rename the lectures of earlier imports in {store.display_url}: {detail}"
         ) from error
     if renamed:
-        log.info("Renamed %d lectures from the keys of earlier versions to their event UIDs", renamed)
+        log.info(
+            "Renamed %s from the keys of earlier versions to their event UIDs",
+            counted(renamed, "lecture"),
+        )
     return renamed
 
 

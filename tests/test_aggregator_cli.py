@@ -2,18 +2,40 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sqlite3
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from alembic import command
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, inspect
 
-from aggregator.cli import main
-from aggregator.store import Store
-from tests.conftest import REPO_ROOT, free_port
-from tests.test_aggregator_helpers import LECTURE_END, LECTURE_START, ROOM, known_lecture_windows, received
+from aggregator.cli import _format_duration, main
+from aggregator.report import MAX_STEP_S
+from aggregator.store import MIGRATIONS_LOCATION, Store
+from tests.conftest import REPO_ROOT, Broker, free_port
+from tests.test_aggregator_helpers import (
+    LECTURE_END,
+    LECTURE_START,
+    ROOM,
+    assert_one_error,
+    ingest_settings,
+    known_lecture_windows,
+    make_window,
+    publisher,
+    received,
+    running_ingest,
+    wait_until,
+)
+from tests.test_aggregator_postgres import fresh_postgres_database
 
 
 @pytest.fixture
@@ -90,9 +112,36 @@ def test_lecture_list(capsys, db_url: str) -> None:
 
     lines = out.splitlines()
     assert exit_code == 0
-    assert "(times in Europe/Berlin)" in lines[0]
-    assert lines[1].split() == ["2", "2026-03-02", "09:00", "2026-03-02", "10:00", "B-101", "First"]
-    assert lines[2].split() == ["1", "2026-03-03", "09:00", "2026-03-03", "10:00", "B-101", "Second"]
+    assert lines[0].split() == ["id", "date", "start", "end", "duration", "room", "title", "(times", "in",
+                                "Europe/Berlin)"]  # fmt: skip
+    assert lines[1].split() == ["2", "Mon", "2026-03-02", "09:00", "10:00", "1", "h", "B-101", "First"]
+    assert lines[2].split() == ["1", "Tue", "2026-03-03", "09:00", "10:00", "1", "h", "B-101", "Second"]
+
+
+def test_lecture_list_columns_align(capsys, db_url: str) -> None:
+    # An end after midnight shows its date. Seconds show only where they are not zero.
+    for title, start, end in [("Late", "2026-03-02T23:30", "2026-03-03T01:15"),
+                              ("Short", "2026-03-04T09:00:30", "2026-03-04T09:03")]:  # fmt: skip
+        run_cli(capsys, "lecture", "add", "--db", db_url, "--room", "Lab 2", "--title", title,
+                "--start", start, "--end", end, "--tz", "Europe/Berlin")  # fmt: skip
+
+    exit_code, out, _ = run_cli(capsys, "lecture", "list", "--db", db_url, "--tz", "Europe/Berlin")
+
+    assert exit_code == 0
+    assert out.splitlines() == [
+        "id  date            start     end               duration    room   title   (times in Europe/Berlin)",
+        " 1  Mon 2026-03-02  23:30     2026-03-03 01:15  1 h 45 min  Lab 2  Late",
+        " 2  Wed 2026-03-04  09:00:30  09:03             2 min 30 s  Lab 2  Short",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(5400, "1 h 30 min"), (3600, "1 h"), (2700, "45 min"), (150, "2 min 30 s"), (0.4, "0 s"),
+     (90_000, "25 h")],
+)  # fmt: skip
+def test_format_duration(seconds: float, text: str) -> None:
+    assert _format_duration(seconds) == text
 
 
 def test_lecture_list_empty(capsys, db_url: str) -> None:
@@ -257,3 +306,147 @@ def test_lecture_year_out_of_range(tmp_path, capsys):
     )
     assert code == 2
     assert "is out of range: use a year from 1970 to 9000" in capsys.readouterr().err
+
+
+READ_ONLY_COMMANDS = [
+    ("report", "1"),
+    ("report", "--room", ROOM, "--from", "2026-03-01", "--to", "2026-04-01"),
+    ("lecture", "list"),
+    ("lecture", "stop", "--room", ROOM),
+    ("devices",),
+]
+
+
+@pytest.mark.parametrize("command", READ_ONLY_COMMANDS, ids=" ".join)
+def test_read_command_empty_sqlite_file(capsys, tmp_path: Path, command: tuple[str, ...]) -> None:
+    path = tmp_path / "aggregator.db"
+    path.touch()
+
+    exit_code, out, err = run_cli(capsys, *command, "--db", f"sqlite:///{path}")
+
+    assert exit_code == 2
+    assert out == ""
+    assert_one_error(err, f"The database {path} contains no aggregator tables yet", "'aggregator run'")
+    assert path.stat().st_size == 0
+
+
+def test_read_command_foreign_sqlite_database(capsys, tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    with closing(sqlite3.connect(path)) as connection:
+        connection.execute("CREATE TABLE notes (text TEXT)")
+        connection.commit()
+
+    exit_code, _, err = run_cli(capsys, "lecture", "list", "--db", f"sqlite:///{path}")
+
+    assert exit_code == 2
+    assert_one_error(err, "contains no aggregator tables yet")
+    with closing(sqlite3.connect(path)) as connection:
+        rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    tables = [name for (name,) in rows]
+    assert tables == ["notes"]
+
+
+@pytest.fixture
+def empty_postgres_url() -> Iterator[str]:
+    """URL of a new PostgreSQL database without tables, dropped after the test."""
+    with fresh_postgres_database("aggregator_test_empty") as url:
+        yield url
+
+
+def test_read_commands_empty_postgres_database(capsys, empty_postgres_url: str) -> None:
+    for read_command in READ_ONLY_COMMANDS:
+        exit_code, out, err = run_cli(capsys, *read_command, "--db", empty_postgres_url)
+
+        assert exit_code == 2, read_command
+        assert out == ""
+        assert_one_error(err, "contains no aggregator tables yet", "'aggregator run'")
+
+    engine = create_engine(empty_postgres_url)
+    try:
+        assert inspect(engine).get_table_names() == []
+    finally:
+        engine.dispose()
+
+
+def test_read_command_upgrades_older_schema(capsys, db_url: str) -> None:
+    # A database that an older version created is upgraded, as 'aggregator run' would do it.
+    engine = create_engine(db_url)
+    config = Config()
+    config.set_main_option("script_location", MIGRATIONS_LOCATION)
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0001")
+    engine.dispose()
+
+    exit_code, out, err = run_cli(capsys, "lecture", "list", "--db", db_url)
+
+    assert exit_code == 0, err
+    assert out == ""
+    with Store.open(db_url, upgrade=False) as store:
+        assert store.schema_revision() == ScriptDirectory.from_config(config).get_current_head()
+
+
+INVALID_STEPS = ["0", "-5", "nan", "inf", "1.5", "", str(MAX_STEP_S + 1)]
+
+
+@pytest.mark.parametrize("step", INVALID_STEPS)
+def test_range_report_invalid_step(capsys, db_url: str, step: str) -> None:
+    Store.open(db_url).close()
+
+    exit_code, out, err = run_cli(
+        capsys, "report", "--room", ROOM, "--from", "2026-03-01", "--to", "2026-04-01", "--db", db_url,
+        "--step-s", step,
+    )  # fmt: skip
+
+    assert exit_code == 2
+    assert out == ""
+    assert_one_error(err, "Invalid --step-s", step, f"from 1 to {MAX_STEP_S} seconds")
+
+
+@pytest.mark.parametrize("step", INVALID_STEPS)
+def test_lecture_report_invalid_step(capsys, db_url: str, step: str) -> None:
+    with Store.open(db_url) as store:
+        lecture = store.add_lecture(ROOM, "Linear Algebra", LECTURE_START, LECTURE_END)
+
+    exit_code, out, err = run_cli(capsys, "report", str(lecture.id), "--db", db_url, "--step-s", step)
+
+    assert exit_code == 2
+    assert out == ""
+    assert_one_error(err, "Invalid --step-s", step, f"from 1 to {MAX_STEP_S} seconds")
+
+
+def test_range_report_largest_step(capsys, db_url: str) -> None:
+    with Store.open(db_url) as store:
+        store.add_lecture(ROOM, "Linear Algebra", LECTURE_START, LECTURE_END)
+
+    exit_code, out, err = run_cli(
+        capsys, "report", "--room", ROOM, "--from", "2026-03-01", "--to", "2026-04-01", "--db", db_url,
+        "--step-s", str(MAX_STEP_S),
+    )  # fmt: skip
+
+    assert exit_code == 0, err
+    assert "Linear Algebra" in out
+
+
+def test_ingest_counts_windows_and_device_messages(mqtt_broker: Broker, db_url: str, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="aggregator.ingest")
+    with Store.open(db_url) as store:
+        with running_ingest(store, ingest_settings(mqtt_broker)) as ingest, publisher(mqtt_broker) as client:
+            client.publish_window(make_window("cam-1", LECTURE_START, {"happy": 2}))
+            client.publish_window(make_window("cam-1", LECTURE_START, {"happy": 2}))
+            client.publish_window(make_window("cam-2", LECTURE_START, {"sad": 1}))
+            client.publish_bytes("classroom/cam-1/status", b"online")
+            client.publish_bytes("classroom/cam-2/status", b"sleeping")
+            wait_until(lambda: ingest.stats().received == 5 and ingest.stats().queued == 0, "5 messages")
+            stats = ingest.stop()
+
+    assert stats.windows_received == 3
+    assert stats.device_messages_received == 2
+    assert stats.received == 5
+    assert stats.stored == 2
+    assert stats.duplicates == 1
+    assert stats.rejected == 1
+    assert (
+        "Stopped ingest: windows received 3, stored 2, duplicates 1; device messages received 2; "
+        "messages rejected 1 (invalid_device_message: 1)"
+    ) in caplog.text

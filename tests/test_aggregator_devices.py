@@ -1,4 +1,4 @@
-"""Devices from window, status and stats topics; fuzzed payloads never crash the ingest."""
+"""Devices from window, status, counting and stats topics; fuzzed payloads never crash the ingest."""
 
 from __future__ import annotations
 
@@ -35,24 +35,36 @@ def test_devices_status_and_stats(mqtt_broker: Broker, db_url: str, capsys) -> N
             client.publish_bytes("classroom/cam-2/status", b"offline")
             client.publish_bytes("classroom/cam-3/stats", b"[not an object")
             client.publish_bytes("classroom/cam-3/status", b"sleeping")
-            wait_until(lambda: ingest.stats().received == 6 and ingest.stats().queued == 0, "6 messages")
+            client.publish_bytes("classroom/cam-2/counting", b"paused")
+            client.publish_bytes("classroom/cam-1/counting", b"paused")
+            client.publish_bytes("classroom/cam-1/counting", b"active")
+            client.publish_bytes("classroom/cam-3/counting", b"stopped")
+            wait_until(lambda: ingest.stats().received == 10 and ingest.stats().queued == 0, "10 messages")
             wait_until(lambda: len(list_devices(store)) == 2, "2 devices stored")
             stats = ingest.stop()
         devices = {device.device_id: device for device in list_devices(store)}
 
-    assert stats.rejected_by_reason == {"invalid_device_message": 2}
+    assert stats.rejected_by_reason == {"invalid_device_message": 3}
     assert devices["cam-1"].room == "B-101"
     assert devices["cam-1"].status == "online"
     assert devices["cam-1"].last_window_end == START + timedelta(seconds=10)
     assert devices["cam-1"].stats() == {"fps": 2.0, "future": [1]}
     assert devices["cam-2"].status == "offline"
+    # The newest counting message of a device wins.
+    assert devices["cam-1"].counting == "active"
+    assert devices["cam-2"].counting == "paused"
+    assert devices["cam-2"].counting_at is not None
 
     assert main(["devices", "--db", db_url, "--tz", "UTC"]) == 0
-    lines = capsys.readouterr().out.splitlines()
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
     assert lines[1].startswith("cam-1")
-    assert not lines[1].endswith("SILENT")
+    assert lines[1].split()[3] == "active"
+    assert not lines[1].endswith(("SILENT", "PAUSED"))
     assert lines[2].startswith("cam-2")
-    assert lines[2].endswith("SILENT")
+    assert lines[2].endswith("SILENT PAUSED")
+    assert "2 devices, 1 silent" in captured.err
+    assert "1 with counting paused" in captured.err
 
 
 def test_devices_silent_after_quiet(db_url: str, capsys) -> None:
@@ -87,7 +99,7 @@ def test_ingest_fuzzed_payloads(mqtt_broker: Broker, tmp_path: Path) -> None:
         with publisher(mqtt_broker) as client:
 
             @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
-            @given(payload=PAYLOADS, topic=st.sampled_from(["window", "status", "stats"]))
+            @given(payload=PAYLOADS, topic=st.sampled_from(["window", "status", "counting", "stats"]))
             def publish(payload: bytes, topic: str) -> None:
                 client.publish_bytes(f"classroom/cam-1/{topic}", payload)
                 sent[0] += 1

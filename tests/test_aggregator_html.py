@@ -141,7 +141,7 @@ def test_cli_room_report_formats(store: Store, tmp_path: Path, capsys) -> None:
 
     assert main([*arguments, "--format", "text"]) == 0
     text = capsys.readouterr().out
-    assert text.startswith("Room B-101: 1 lectures from 2026-03-01 to 2026-03-03 (Europe/Berlin)")
+    assert text.startswith("Room B-101: 1 lecture from 2026-03-01 to 2026-03-03 (Europe/Berlin)")
     assert "2026-03-02 09:00" in text
     assert main([*arguments, "--format", "html", "--output", str(tmp_path / "room.html")]) == 0
     assert 'id="trend-chart"' in (tmp_path / "room.html").read_text()

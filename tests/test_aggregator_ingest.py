@@ -501,4 +501,4 @@ def test_run_command_stops_on_signal(
     assert f"starting ingest from broker 127.0.0.1:{mqtt_broker.port}" in log_text
     assert f"into {db_url}" in log_text
     assert f"Received {signal.Signals(signal_number).name}" in log_text
-    assert "Stopped ingest: 2 received, 2 stored, 0 duplicates, 0 rejected" in log_text
+    assert "Stopped ingest: windows received 2, stored 2, duplicates 0; device messages received 0; messages rejected 0" in log_text

@@ -91,7 +91,7 @@ def test_retention_env_applies(capsys, db_url: str, monkeypatch) -> None:
     exit_code, _, err = run_cli(capsys, "purge", "--db", db_url)
 
     assert exit_code == 0
-    assert "(30 days): 1 windows" in err
+    assert "(30 days): 1 window," in err
     with Store.open(db_url) as store:
         assert store.count_windows() == 1
 

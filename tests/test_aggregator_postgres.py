@@ -12,6 +12,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -51,15 +52,18 @@ def _unavailable(reason: str) -> None:
     pytest.skip(f"PostgreSQL not available: {reason}")
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """URL of a fresh database, dropped after the session."""
+@contextmanager
+def fresh_postgres_database(prefix: str) -> Iterator[str]:
+    """Create a database without tables, yield its URL, and drop it afterwards.
+
+    Skips the test where no server is reachable, and fails it in CI.
+    """
     try:
         import psycopg  # noqa: F401
     except ImportError:
         _unavailable("psycopg is not installed: pip install 'classroom-emotion-stats[postgres]'")
     admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5})
-    name = f"aggregator_test_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     try:
         with admin.connect() as connection:
             connection.execute(text(f'CREATE DATABASE "{name}"'))
@@ -72,6 +76,13 @@ def postgres_url() -> Iterator[str]:
         with admin.connect() as connection:
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """URL of a fresh database, dropped after the session."""
+    with fresh_postgres_database("aggregator_test") as url:
+        yield url
 
 
 @pytest.fixture
@@ -87,7 +98,7 @@ def test_postgres_models_match_migration(store: Store) -> None:
     with store.engine.connect() as connection:
         differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
 
-    assert store.schema_revision() == "0002"
+    assert store.schema_revision() == "0003"
     assert differences == []
 
 
@@ -216,3 +227,33 @@ def test_postgres_read_only_database_keeps_windows_unacknowledged(
 
     assert stats.rejected == 0
     assert store.count_windows("cam-1") == 1
+
+
+def test_postgres_upgrade_from_0002_and_back() -> None:
+    from tests.test_aggregator_store import _alembic
+
+    start = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+    with fresh_postgres_database("aggregator_upgrade") as url:
+        with Store.open(url, upgrade=False) as old:
+            _alembic(old, "upgrade", "0002")
+            old.insert_windows(
+                [received(make_window("cam-1", start + timedelta(seconds=10 * i), {"happy": i})) for i in (1, 0)]
+            )
+        with Store.open(url) as upgraded:
+            revision = upgraded.schema_revision()
+            windows = upgraded.windows_in_room(ROOM, start, start + timedelta(minutes=1))
+            with upgraded.engine.connect() as connection:
+                differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+            duplicate = upgraded.insert_windows([received(make_window("cam-1", start, {"happy": 9}))])
+            _alembic(upgraded, "downgrade", "0002")
+            count_after_downgrade = upgraded.count_windows()
+            upgraded.insert_windows([received(make_window("cam-1", start + timedelta(seconds=20), {"sad": 1}))])
+            count_after_insert = upgraded.count_windows()
+
+    assert revision == "0003"
+    assert differences == []
+    assert [window.counts for window in windows] == [{"happy": 0}, {"happy": 1}]
+    assert duplicate.duplicates == 1
+    assert count_after_downgrade == 2
+    # The downgraded table numbers new rows again.
+    assert count_after_insert == 3

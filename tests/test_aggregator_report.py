@@ -9,7 +9,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from aggregator.errors import ConfigError, LectureNotFoundError
-from aggregator.report import LectureReport, build_report, compute_report, order_labels
+from aggregator.range_report import compute_range_report
+from aggregator.report import MAX_STEP_S, LectureReport, build_report, compute_report, order_labels
 from aggregator.store import Lecture, Store, StoredWindow
 from aggregator.text_report import render_text
 from aggregator.times import Zone
@@ -186,10 +187,41 @@ def test_expected_windows_round_up() -> None:
     assert coverage.percent == 100.0
 
 
-@pytest.mark.parametrize(("step_s", "message"), [(0, "at least 1"), (-5, "at least 1")])
-def test_report_invalid_step(step_s: int, message: str) -> None:
-    with pytest.raises(ConfigError, match=message):
-        build_report(known_lecture(), [], UTC_ZONE, step_s)
+@pytest.mark.parametrize(
+    ("step_s", "shown"),
+    [(0, "0"), (-5, "-5"), (MAX_STEP_S + 1, str(MAX_STEP_S + 1)), (10**30, str(10**30)),
+     (float("inf"), "inf"), (float("nan"), "nan"), (1.5, "1.5"), (60.0, "60.0"), (True, "True"),
+     ("60", "'60'")],
+)  # fmt: skip
+def test_report_invalid_step(step_s: object, shown: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        build_report(known_lecture(), [], UTC_ZONE, step_s)  # type: ignore[arg-type]
+
+    assert str(raised.value) == (
+        f"Invalid --step-s {shown}: use a whole number from 1 to {MAX_STEP_S} seconds (366 days)"
+    )
+
+
+def test_report_largest_step(tmp_path: Path) -> None:
+    with Store.open(f"sqlite:///{tmp_path / 'aggregator.db'}") as store:
+        lecture = store.add_lecture(ROOM, "Linear Algebra", LECTURE_START, LECTURE_END)
+        report = compute_report(store, lecture.id, UTC_ZONE, step_s=MAX_STEP_S)
+
+    assert len(report.timeline) == 1
+    assert report.timeline[0].end == LECTURE_END
+
+
+def test_range_report_lecture_longer_than_largest_step(tmp_path: Path) -> None:
+    # Its summary needs no timeline, so a lecture longer than MAX_STEP_S is reported too.
+    end = LECTURE_START + timedelta(seconds=2 * MAX_STEP_S + 1)
+    with Store.open(f"sqlite:///{tmp_path / 'aggregator.db'}") as store:
+        store.insert_windows([received(make_window("cam-1", LECTURE_START, {"happy": 3}))])
+        store.add_lecture(ROOM, "Two years", LECTURE_START, end)
+        range_report = compute_range_report(store, UTC_ZONE, LECTURE_START, end, room=ROOM)
+
+    [summary] = range_report.lectures
+    assert summary.windows_received == 1
+    assert summary.classified_faces == 3
 
 
 def test_report_too_many_steps() -> None:

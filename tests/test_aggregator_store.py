@@ -8,13 +8,15 @@ from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 
 from aggregator.errors import ConfigError, LectureNotFoundError, StoreError
 from aggregator.models import Base
-from aggregator.store import InsertResult, ReceivedWindow, Store
+from aggregator.store import _SQLITE_WINDOWS_IN_ROOM, MIGRATIONS_LOCATION, InsertResult, ReceivedWindow, Store
 from tests.test_aggregator_helpers import ROOM, make_window, received
 
 START = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
@@ -30,11 +32,10 @@ def store(tmp_path: Path) -> Iterator[Store]:
 def test_migration_creates_schema(store: Store) -> None:
     inspector = inspect(store.engine)
 
-    assert store.schema_revision() == "0002"
+    assert store.schema_revision() == "0003"
     assert {"windows", "lectures", "alembic_version"} <= set(inspector.get_table_names())
     window_columns = {column["name"] for column in inspector.get_columns("windows")}
     assert window_columns == {
-        "id",
         "device_id",
         "room",
         "window_start",
@@ -47,7 +48,9 @@ def test_migration_creates_schema(store: Store) -> None:
         "received_at",
     }
     indexes = {index["name"]: index["column_names"] for index in inspector.get_indexes("windows")}
-    assert indexes["ix_windows_room_window_start"] == ["room", "window_start"]
+    assert "ix_windows_room_window_start" not in indexes
+    primary_key = inspector.get_pk_constraint("windows")["constrained_columns"]
+    assert primary_key == ["room", "window_start", "device_id"]
     unique = {tuple(constraint["column_names"]) for constraint in inspector.get_unique_constraints("windows")}
     assert ("device_id", "window_start") in unique
     assert indexes["ix_windows_window_start"] == ["window_start"]
@@ -82,7 +85,7 @@ def test_reopen_keeps_rows_and_revision(tmp_path: Path) -> None:
         first.insert_windows([received(make_window("cam-1", START, {"happy": 1}))])
 
     with Store.open(url) as second:
-        assert second.schema_revision() == "0002"
+        assert second.schema_revision() == "0003"
         assert second.count_windows() == 1
 
 
@@ -96,7 +99,7 @@ def test_concurrent_open_migrates_once(tmp_path: Path) -> None:
     with ThreadPoolExecutor(max_workers=4) as pool:
         revisions = list(pool.map(open_and_count, range(4)))
 
-    assert revisions == ["0002"] * 4
+    assert revisions == ["0003"] * 4
 
 
 def test_insert_windows_skips_duplicates(store: Store) -> None:
@@ -247,3 +250,54 @@ def test_open_unknown_revision(tmp_path: Path) -> None:
 
     with pytest.raises(StoreError, match="revision '9999', which this aggregator does not know"):
         Store.open(url)
+
+
+def _alembic(store: Store, action: str, revision: str) -> None:
+    config = Config()
+    config.set_main_option("script_location", MIGRATIONS_LOCATION)
+    with store.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        getattr(command, action)(config, revision)
+
+
+def test_upgrade_from_0002_keeps_windows_in_report_order(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'aggregator.db'}"
+    with Store.open(url, upgrade=False) as old:
+        _alembic(old, "upgrade", "0002")
+        # Inserted out of time order, and a second room in between.
+        old.insert_windows(
+            [received(make_window("cam-1", START + timedelta(seconds=10 * i), {"happy": i})) for i in (2, 0, 1)]
+            + [received(make_window("cam-2", START, {"sad": 1}, room="B-102"))]
+        )
+        old_indexes = {index["name"] for index in inspect(old.engine).get_indexes("windows")}
+
+    with Store.open(url) as upgraded:
+        windows = upgraded.windows_in_room(ROOM, START, START + timedelta(minutes=1))
+        with upgraded.engine.connect() as connection:
+            plan = " ".join(
+                str(row[-1])
+                for row in connection.exec_driver_sql(
+                    "EXPLAIN QUERY PLAN " + _SQLITE_WINDOWS_IN_ROOM,
+                    (ROOM, "2026-03-02 08:00:00", "2026-03-03 08:00:00"),
+                )
+            )
+            table_sql = connection.exec_driver_sql("SELECT sql FROM sqlite_master WHERE name = 'windows'").scalar_one()
+        revision = upgraded.schema_revision()
+        upgraded_indexes = {index["name"] for index in inspect(upgraded.engine).get_indexes("windows")}
+        # A duplicate of a copied window is still skipped.
+        duplicate = upgraded.insert_windows([received(make_window("cam-1", START, {"happy": 9}))])
+        _alembic(upgraded, "downgrade", "0002")
+        downgraded_indexes = {index["name"] for index in inspect(upgraded.engine).get_indexes("windows")}
+        count_after_downgrade = upgraded.count_windows()
+
+    assert "ix_windows_room_window_start" in old_indexes
+    assert revision == "0003"
+    assert [window.counts for window in windows] == [{"happy": 0}, {"happy": 1}, {"happy": 2}]
+    assert "WITHOUT ROWID" in table_sql
+    # The query reads the rows in the table's own order: no other index and no sort.
+    assert "USING PRIMARY KEY" in plan
+    assert "TEMP B-TREE" not in plan
+    assert upgraded_indexes == {"ix_windows_window_start"}
+    assert duplicate.duplicates == 1
+    assert downgraded_indexes == old_indexes
+    assert count_after_downgrade == 4

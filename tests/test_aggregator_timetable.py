@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event
 
 from aggregator import timetable
 from aggregator.cli import main
-from aggregator.store import LectureSource, Store, TimetableEntry
+from aggregator.store import Lecture, LectureRunningError, LectureSource, Store, TimetableEntry
 from tests.test_aggregator_helpers import assert_one_error, make_window, received
+from tests.test_aggregator_postgres import postgres_url  # noqa: F401  (fixture)
 
 ICS = """BEGIN:VCALENDAR
 VERSION:2.0
@@ -136,7 +139,7 @@ def test_purge_retention(db_url: str, capsys) -> None:
 
     assert main(["purge", "--retention-days", "30", "--db", db_url]) == 0
 
-    assert "1 windows, 1 lectures" in capsys.readouterr().err
+    assert "1 window, 1 lecture, 0 devices" in capsys.readouterr().err
     with Store.open(db_url) as store:
         assert store.count_windows() == 1
         assert [lecture.title for lecture in store.list_lectures()] == ["New"]
@@ -573,3 +576,267 @@ def test_ics_unreadable_file(tmp_path: Path, db_url: str, capsys) -> None:
     assert exit_code == 2
     assert_one_error(err, f"Cannot read the iCalendar file {str(path)!r}")
     assert len(err) < 400
+
+
+def test_csv_semicolon_separator(tmp_path: Path, db_url: str, capsys) -> None:
+    # As spreadsheet programs write CSV in locales with a decimal comma.
+    path = tmp_path / "timetable.csv"
+    path.write_text(
+        "title;start;end;course\n"
+        "Physik;2026-10-24T10:00;2026-10-24T11:30;PHY-1\n"
+        '"Chemie; Labor";2026-10-25T10:00;2026-10-25T11:30;CHE-1\n'
+    )
+
+    exit_code, err = import_file(capsys, db_url, path)
+
+    assert exit_code == 0, err
+    assert "2 lectures added, 0 updated" in err
+    with Store.open(db_url) as store:
+        lectures = store.list_lectures()
+    assert [(lecture.title, lecture.course) for lecture in lectures] == [
+        ("Physik", "PHY-1"),
+        ("Chemie; Labor", "CHE-1"),
+    ]
+    assert lectures[0].start == datetime(2026, 10, 24, 8, 0, tzinfo=UTC)
+
+
+def test_csv_semicolon_extra_cell(tmp_path: Path, db_url: str, capsys) -> None:
+    path = tmp_path / "timetable.csv"
+    path.write_text("title;start;end\nPhysik; Teil 2;2026-10-24T10:00;2026-10-24T11:30\n")
+
+    exit_code, err = import_file(capsys, db_url, path)
+
+    assert exit_code == 2
+    assert_one_error(err, "timetable.csv line 2 has more cells", "quote cells that contain semicolons")
+
+
+@pytest.mark.parametrize(
+    ("header", "shown"),
+    [("title\tstart\tend", "'title\\tstart\\tend'"), ("Titel;Beginn;Ende", "'Titel', 'Beginn', 'Ende'")],
+    ids=["tab", "german"],
+)
+def test_csv_unreadable_header(tmp_path: Path, db_url: str, capsys, header: str, shown: str) -> None:
+    path = tmp_path / "timetable.csv"
+    path.write_text(f"{header}\n")
+
+    exit_code, err = import_file(capsys, db_url, path)
+
+    assert exit_code == 2
+    assert_one_error(
+        err, f"unknown columns {shown}", "must contain title,start,end and may add course,room,uid",
+        "separated by ',' or ';'",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("content", ["", "\n", " \r\n"], ids=["zero-bytes", "newline", "blank"])
+def test_csv_empty_file(tmp_path: Path, db_url: str, capsys, content: str) -> None:
+    path = tmp_path / "timetable.csv"
+    path.write_text(content)
+
+    exit_code, err = import_file(capsys, db_url, path)
+
+    assert exit_code == 2
+    assert_one_error(err, f"The timetable {str(path)!r} is empty", "title,start,end")
+
+
+def test_csv_header_only(tmp_path: Path, db_url: str, capsys) -> None:
+    path = tmp_path / "timetable.csv"
+    path.write_text("title,start,end,course\n")
+
+    exit_code, err = import_file(capsys, db_url, path)
+
+    assert exit_code == 0
+    assert err == "No lectures in timetable.csv: it has only a header, nothing imported\n"
+    assert not Path(db_url.removeprefix("sqlite:///")).exists()
+
+
+def test_csv_header_only_missing_column(tmp_path: Path, db_url: str, capsys) -> None:
+    path = tmp_path / "timetable.csv"
+    path.write_text("title,start\n")
+
+    exit_code, err = import_file(capsys, db_url, path)
+
+    assert exit_code == 2
+    assert_one_error(err, "has no column end")
+
+
+def test_import_one_lecture_singular(tmp_path: Path, db_url: str, capsys) -> None:
+    path = tmp_path / "timetable.csv"
+    path.write_text("title,start,end\nPhysics,2026-10-24T10:00,2026-10-24T11:30\n")
+
+    exit_code, err = import_file(capsys, db_url, path)
+
+    assert exit_code == 0
+    assert err == "Imported timetable.csv: 1 lecture added, 0 updated\n"
+
+
+def test_ics_no_lectures_in_range(tmp_path: Path, db_url: str, capsys) -> None:
+    path = tmp_path / "b101.ics"
+    path.write_text(ICS)
+
+    exit_code, err = import_file(capsys, db_url, path, "--from", "2027-01-01", "--to", "2027-02-01")
+
+    assert exit_code == 0
+    assert err == "No lectures in b101.ics from 2027-01-01 to 2027-02-01: nothing imported\n"
+
+
+# A weekly series on Mondays 16 March to 13 April 2026 at 09:00, in floating time, which
+# the import reads in --tz. The import range is 23 March up to 6 April, Europe/Berlin.
+FLOATING_SERIES = """UID:floating@school.example
+SUMMARY:Biology
+DTSTART:20260316T090000
+DTEND:20260316T100000
+RRULE:FREQ=WEEKLY;COUNT=5"""
+
+
+def moved_biology(original: str, start: str, minutes: int = 60) -> str:
+    end = (datetime.fromisoformat(start) + timedelta(minutes=minutes)).strftime("%Y%m%dT%H%M%S")
+    return (
+        f"UID:floating@school.example\nSUMMARY:Biology (moved)\nRECURRENCE-ID:{original}\n"
+        f"DTSTART:{datetime.fromisoformat(start):%Y%m%dT%H%M%S}\nDTEND:{end}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("moved", "expected"),
+    [
+        # From before the range to its last evening: 23:30 on 5 April is 21:30 UTC.
+        (
+            moved_biology("20260316T090000", "2026-04-05T23:30"),
+            [("Biology", "2026-03-23T08:00"), ("Biology", "2026-03-30T07:00"),
+             ("Biology (moved)", "2026-04-05T21:30")],
+        ),
+        # From after the range into it.
+        (
+            moved_biology("20260413T090000", "2026-03-25T10:00"),
+            [("Biology", "2026-03-23T08:00"), ("Biology (moved)", "2026-03-25T09:00"),
+             ("Biology", "2026-03-30T07:00")],
+        ),
+        # From the range to the evening before it: 23:30 on 22 March is 22:30 UTC, outside.
+        (moved_biology("20260330T090000", "2026-03-22T23:30"), [("Biology", "2026-03-23T08:00")]),
+        # From the range to after it.
+        (moved_biology("20260323T090000", "2026-04-07T09:00"), [("Biology", "2026-03-30T07:00")]),
+        # To a start before the range and an end inside it: it starts outside.
+        (moved_biology("20260330T090000", "2026-03-22T23:30", minutes=90), [("Biology", "2026-03-23T08:00")]),
+    ],
+    ids=["before-to-inside", "after-to-inside", "inside-to-before", "inside-to-after", "straddles-from"],
+)  # fmt: skip
+def test_ics_moved_occurrence_range(tmp_path: Path, db_url: str, capsys, moved: str, expected) -> None:
+    path = tmp_path / "biology.ics"
+    path.write_text(calendar(FLOATING_SERIES, moved))
+
+    exit_code, err = import_file(capsys, db_url, path, "--from", "2026-03-23", "--to", "2026-04-06")
+
+    assert exit_code == 0, err
+    with Store.open(db_url) as store:
+        lectures = store.list_lectures()
+    assert [(lecture.title, lecture.start) for lecture in lectures] == [
+        (title, datetime.fromisoformat(start).replace(tzinfo=UTC)) for title, start in expected
+    ]
+
+
+def test_ics_event_straddling_range_start(tmp_path: Path, db_url: str, capsys) -> None:
+    # Starts at 23:00 on 22 March in Berlin and ends after the range's first midnight.
+    path = tmp_path / "night.ics"
+    path.write_text(calendar(
+        "UID:night@x\nSUMMARY:Night lab\nDTSTART;TZID=Europe/Berlin:20260322T230000\n"
+        "DTEND;TZID=Europe/Berlin:20260323T010000"
+    ))  # fmt: skip
+
+    exit_code, err = import_file(capsys, db_url, path, "--from", "2026-03-23", "--to", "2026-04-06")
+
+    assert exit_code == 0
+    assert "No lectures in night.ics from 2026-03-23 to 2026-04-06" in err
+
+
+def test_lecture_start_twice_rejected(db_url: str, capsys) -> None:
+    start = ["lecture", "start", "--room", "B-101", "--db", db_url, "--tz", "UTC"]
+    assert main([*start, "--title", "First"]) == 0
+    first_id = int(capsys.readouterr().out)
+
+    exit_code = main([*start, "--title", "Second"])
+
+    assert exit_code == 2
+    assert_one_error(capsys.readouterr().err, f"Lecture {first_id} 'First' already runs in room 'B-101'",
+                     "'aggregator lecture stop --room B-101'")  # fmt: skip
+    with Store.open(db_url) as store:
+        assert [lecture.title for lecture in store.list_lectures()] == ["First"]
+
+
+# How long the first caller waits, after its check, for the second to reach the same point.
+# Serialized callers never meet there, so each test waits this long once.
+CHECK_MEETING_TIMEOUT_S = 2.0
+
+
+def start_in_two_threads(urls: list[str], room: str) -> list[Lecture | LectureRunningError]:
+    """Call start_ad_hoc_lecture from two threads, each with its own store, at the same moment.
+
+    Each thread pauses after its first query of the lectures table until the other thread
+    has run its own, so two callers that do not serialize both see no running lecture.
+    """
+    meeting = threading.Barrier(len(urls), timeout=CHECK_MEETING_TIMEOUT_S)
+    paused: set[int] = set()
+
+    def pause_after_check(_connection, _cursor, statement: str, *_args) -> None:
+        if "FROM lectures" not in statement or threading.get_ident() in paused:
+            return
+        paused.add(threading.get_ident())
+        try:
+            meeting.wait()
+        except threading.BrokenBarrierError:
+            pass  # The other thread waits for this one's transaction.
+
+    stores = [Store.open(url) for url in urls]
+    for store in stores:
+        event.listen(store.engine, "after_cursor_execute", pause_after_check)
+    now = datetime.now(UTC)
+    planned_end = now + timedelta(hours=1)
+    results: list[Lecture | LectureRunningError | None] = [None] * len(urls)
+
+    def start(index: int) -> None:
+        try:
+            results[index] = stores[index].start_ad_hoc_lecture(room, f"Lecture {index}", now, planned_end)
+        except LectureRunningError as error:
+            results[index] = error
+
+    threads = [threading.Thread(target=start, args=(index,)) for index in range(len(urls))]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        for store in stores:
+            store.close()
+    return results  # type: ignore[return-value]
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_concurrent_starts_one_lecture(request, db_url: str, database: str) -> None:
+    url = db_url if database == "sqlite" else request.getfixturevalue("postgres_url")
+    room = f"concurrent-{database}"
+    Store.open(url).close()
+
+    results = start_in_two_threads([url, url], room)
+
+    started = [result for result in results if isinstance(result, Lecture)]
+    rejected = [result for result in results if isinstance(result, LectureRunningError)]
+    assert len(started) == 1, results
+    assert len(rejected) == 1, results
+    assert rejected[0].running == started[0]
+    with Store.open(url) as store:
+        assert [lecture.id for lecture in store.list_lectures(room=room)] == [started[0].id]
+
+
+def test_start_ad_hoc_after_stop(db_url: str) -> None:
+    # A lecture stopped within the current second no longer runs, although the new one
+    # starts at the second's beginning.
+    now = datetime(2026, 3, 2, 8, 0, 0, 500_000, tzinfo=UTC)
+    planned_end = now + timedelta(hours=1)
+    with Store.open(db_url) as store:
+        first = store.start_ad_hoc_lecture("B-101", "First", now - timedelta(minutes=5), planned_end)
+        store.stop_lecture("B-101", now)
+        second = store.start_ad_hoc_lecture("B-101", "Second", now + timedelta(microseconds=1), planned_end)
+
+    assert second.id != first.id
+    assert second.start == datetime(2026, 3, 2, 8, 0, tzinfo=UTC)

@@ -27,7 +27,7 @@ from edge_agent.faces import (
     FaceBox,
     create_detector,
 )
-from edge_agent.tiling import LEVEL_FACE_RATIO, FrameBoxes, Level, merge_boxes, plan_pyramid, tile_starts
+from edge_agent.tiling import FrameBoxes, Level, merge_boxes, plan_pyramid, tile_starts
 from tests.conftest import DATA_DIR, LABELLED_DIR, MEDIA_DIR, REPO_ROOT
 
 # Frames of the bundled videos used in the classroom composite, by file name.
