@@ -23,17 +23,22 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
-
 from aggregator import __version__
+from aggregator.devices import DEFAULT_SILENT_AFTER_S, check_silent_after_s, list_devices
 from aggregator.errors import AggregatorError, ConfigError
 from aggregator.ingest import Ingest, IngestSettings, default_client_id
-from aggregator.devices import DEFAULT_SILENT_AFTER_S, check_silent_after_s, list_devices
 from aggregator.plural import counted
 from aggregator.range_report import compute_range_report
 from aggregator.report import DEFAULT_STEP_S, MAX_STEP_S, check_step_s, compute_report
-from aggregator.store import DEFAULT_DB_URL, Lecture, LectureRunningError, LectureSource, Store
+from aggregator.store import (
+    DEFAULT_DB_URL,
+    MAX_AD_HOC_LENGTH,
+    Lecture,
+    LectureRunningError,
+    LectureSource,
+    Store,
+    parse_database_url,
+)
 from aggregator.text_report import render_range_text, render_text
 from aggregator.times import Zone, format_offset, parse_day_or_time, parse_time, resolve_zone
 from aggregator.timetable import (
@@ -54,8 +59,8 @@ DEFAULT_RETENTION_DAYS = 365
 # 100 years: longer than any retention rule, and the cutoff date stays far from year 1.
 MAX_RETENTION_DAYS = 36_500
 DEFAULT_AD_HOC_MIN = 90
-# An ad hoc lecture runs at most a day before 'lecture stop' ends it.
-MAX_AD_HOC_MIN = 24 * 60
+# Longest planned length of an ad hoc lecture. 'lecture stop' ends one at most this long after its start.
+MAX_AD_HOC_MIN = int(MAX_AD_HOC_LENGTH.total_seconds()) // 60
 REPORT_FORMATS = ("text", "csv", "json", "html")
 # Lecture ids are 64-bit integers in both databases.
 MAX_LECTURE_ID = 2**63 - 1
@@ -340,7 +345,14 @@ def _lecture_list(args: argparse.Namespace) -> int:
     with _open_existing_store(args.db) as store:
         lectures = store.list_lectures(room=args.room)
     if not lectures:
-        print("No lectures yet: add one with 'aggregator lecture add'", file=sys.stderr)
+        if args.room is None:
+            print("No lectures yet: add one with 'aggregator lecture add'", file=sys.stderr)
+        else:
+            print(
+                f"No lectures in room {args.room!r}: check the room name, or add one with "
+                "'aggregator lecture add'",
+                file=sys.stderr,
+            )
         return 0
     header = ("id", "date", "start", "end", "duration", "room")
     rows = [_lecture_row(lecture, zone) for lecture in lectures]
@@ -362,7 +374,9 @@ def _lecture_row(lecture: Lecture, zone: Zone) -> tuple[str, str, str, str, str,
     """Return the id, date, start, end, duration and room of a lecture as ``lecture list`` shows them.
 
     Times are on the clock of ``zone``, cut to whole seconds, and show seconds only when
-    they are not zero. The end shows its date when that differs from the start's.
+    they are not zero. The end shows its date when that differs from the start's. The
+    duration is the time between start and end in UTC, so a daylight saving change
+    between them does not add or remove an hour.
     """
     start = lecture.start.astimezone(zone.tzinfo).replace(microsecond=0)
     end = lecture.end.astimezone(zone.tzinfo).replace(microsecond=0)
@@ -372,9 +386,15 @@ def _lecture_row(lecture: Lecture, zone: Zone) -> tuple[str, str, str, str, str,
         f"{start:%a %Y-%m-%d}",
         _clock_time(start),
         end_text,
-        _format_duration((end - start).total_seconds()),
+        _format_duration(_utc_seconds(lecture.start, lecture.end)),
         lecture.room,
     )
+
+
+def _utc_seconds(start: datetime, end: datetime) -> float:
+    # Aware datetimes with the same tzinfo subtract on the local clock, so both are taken in UTC.
+    whole_end = end.astimezone(UTC).replace(microsecond=0)
+    return (whole_end - start.astimezone(UTC).replace(microsecond=0)).total_seconds()
 
 
 def _clock_time(moment: datetime) -> str:
@@ -466,10 +486,18 @@ def _lecture_import(args: argparse.Namespace) -> int:
     else:
         raise ConfigError(f"Unknown timetable type {args.path.name!r}: give a .csv or .ics file")
     print(
-        f"Imported {args.path.name}: {counted(result.added, 'lecture')} added, {result.updated} updated",
+        f"Imported {args.path.name}: {counted(result.added, 'lecture')} added, {result.updated} updated; "
+        f"{_local_times_note(suffix, zone, args.tz)}",
         file=sys.stderr,
     )
     return 0
+
+
+def _local_times_note(suffix: str, zone: Zone, tz_option: str | None) -> str:
+    """Return which zone the import read local times in, for its summary line."""
+    local_times = "times without a UTC offset" if suffix == ".csv" else "floating times (without TZID or Z)"
+    zone_source = "from --tz" if tz_option else "the system zone: give --tz to choose another"
+    return f"{local_times} were read in {zone.name} ({zone_source})"
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -662,8 +690,8 @@ def _no_tables_error(database: str) -> ConfigError:
 
 def _sqlite_file(url: str) -> Path | None:
     try:
-        parsed = make_url(url)
-    except ArgumentError:
+        parsed = parse_database_url(url)
+    except ConfigError:
         return None  # Store.open reports the malformed URL.
     if parsed.get_backend_name() != "sqlite":
         return None

@@ -13,7 +13,8 @@ Four topics of each agent update its row:
   read only defensively.
 
 A device is *silent* when its status is ``offline``, or when nothing arrived from it
-for ``silent_after_s``.
+for ``silent_after_s``. The retained copies that the broker sends when an aggregator
+subscribes update status, counting and stats, but not ``last_seen``: they may be old.
 """
 
 from __future__ import annotations
@@ -58,13 +59,15 @@ class DeviceEvent:
     """A validated status or stats message of one device.
 
     ``text`` is one of DEVICE_STATUSES for STATUS, one of COUNTING_STATES for COUNTING, and
-    a JSON object's text for STATS.
+    a JSON object's text for STATS. ``retained`` marks a stored copy that the broker sent
+    for a new subscription: it may be days old, so it does not move ``last_seen``.
     """
 
     device_id: str
     topic: DeviceTopic
     text: str
     received_at: datetime
+    retained: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,10 +232,12 @@ def upsert_device_events(connection: Connection, events: Sequence[DeviceEvent]) 
             **values,
         )
         excluded = statement.excluded
-        updates: dict[str, Any] = {
-            "last_seen": case((excluded.last_seen > table.c.last_seen, excluded.last_seen), else_=table.c.last_seen)
-        }
-        updates.update({column: getattr(excluded, column) for column in values})
+        updates: dict[str, Any] = {column: getattr(excluded, column) for column in values}
+        # A device first heard of through a retained copy counts as seen when it arrived.
+        if not event.retained:
+            updates["last_seen"] = case(
+                (excluded.last_seen > table.c.last_seen, excluded.last_seen), else_=table.c.last_seen
+            )
         connection.execute(statement.on_conflict_do_update(index_elements=["device_id"], set_=updates))
 
 

@@ -4,6 +4,10 @@ Times are ISO 8601 in the report's zone, with their UTC offset, so a spreadsheet
 script reads the school's clock without losing the instant. Shares are percentages of
 classified faces; a step or lecture without classified faces has empty CSV cells and
 JSON nulls instead of zeros.
+
+Text that a teacher or a timetable wrote (room, course, title) starts with an
+apostrophe in CSV when it would otherwise start with a character that spreadsheet
+programs read as a formula.
 """
 
 from __future__ import annotations
@@ -108,7 +112,8 @@ def range_csv(report: RangeReport) -> str:
         lecture = summary.lecture
         shares = [f"{s.percent:.2f}" if summary.classified_faces else "" for s in summary.shares]
         writer.writerow(
-            [lecture.id, lecture.room, lecture.course or "", lecture.title, _local(lecture.start, zone),
+            [lecture.id, _text_cell(lecture.room), _text_cell(lecture.course or ""), _text_cell(lecture.title),
+             _local(lecture.start, zone),
              _local(lecture.end, zone), summary.windows_received, summary.windows_expected,
              summary.suppressed_windows, summary.classified_faces, *shares]
         )
@@ -125,7 +130,11 @@ def range_json(report: RangeReport) -> str:
         "to": _local(report.end, zone),
         "zone": report.zone.name,
         "labels": list(report.labels),
-        "shares": [{"label": s.label, "count": s.count, "percent": s.percent} for s in report.shares],
+        # Without classified faces a share has no percentage, as in the lecture report.
+        "shares": [
+            {"label": s.label, "count": s.count, "percent": s.percent if report.classified_faces else None}
+            for s in report.shares
+        ],
         "lectures": [
             {
                 "id": summary.lecture.id,
@@ -145,6 +154,15 @@ def range_json(report: RangeReport) -> str:
         ],
     }
     return json.dumps(data, indent=2) + "\n"
+
+
+# Characters that start a formula in spreadsheet programs, and the tab and carriage
+# return that may come before one.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _text_cell(text: str) -> str:
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text
 
 
 def _local(moment: datetime, zone: Any) -> str:

@@ -456,7 +456,13 @@ class Ingest:
         self._count_received(topic)
         client = self._client
         inbound = InboundMessage(
-            topic, message.payload, message.mid, message.qos, client.connection_number, client.received_at_s
+            topic,
+            message.payload,
+            message.mid,
+            message.qos,
+            client.connection_number,
+            client.received_at_s,
+            bool(message.retain),
         )
         self._writer.put(inbound)
 
@@ -481,9 +487,11 @@ class Ingest:
             return None
         if topic.endswith("/window"):
             return self._validate(topic, message.payload, received_at)
-        return self._validate_device_message(topic, message.payload, received_at)
+        return self._validate_device_message(topic, message.payload, received_at, message.retained)
 
-    def _validate_device_message(self, topic: str, payload: bytes, received_at: datetime) -> DeviceEvent | None:
+    def _validate_device_message(
+        self, topic: str, payload: bytes, received_at: datetime, retained: bool = False
+    ) -> DeviceEvent | None:
         """Return the status, counting or stats event, or record why the message is rejected and return None."""
         prefix = self._settings.topic_prefix + "/"
         parts = topic[len(prefix) :].split("/") if topic.startswith(prefix) else []
@@ -501,7 +509,7 @@ class Ingest:
         except ValueError as error:
             self._rejections.record(RejectReason.INVALID_DEVICE_MESSAGE, topic, str(error))
             return None
-        return DeviceEvent(device_id=device_id, topic=kind, text=text, received_at=received_at)
+        return DeviceEvent(device_id=device_id, topic=kind, text=text, received_at=received_at, retained=retained)
 
     def _validate(self, topic: str, payload: bytes, received_at: datetime) -> ReceivedWindow | None:
         """Return the parsed window, or record why the message is rejected and return None."""

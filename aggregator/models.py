@@ -114,6 +114,8 @@ class LectureRow(Base):
     # Key of the lecture in its timetable: the CSV row's uid, or the iCalendar UID (and, for an
     # occurrence of a recurring event, its original start in UTC).
     source_uid: Mapped[str | None] = mapped_column(String(SOURCE_UID_LENGTH))
+    # When 'lecture stop' ended an ad hoc lecture, UTC. None while it runs, and for other sources.
+    stopped_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class DeviceRow(Base):

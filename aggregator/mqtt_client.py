@@ -175,7 +175,16 @@ class BufferedClient(mqtt.Client):
     def _handle_publish(self) -> MQTTErrorCode:
         callback = self.on_qos1_publish
         header = self._in_packet["command"]
-        if callback is None or header & 0x06 != _PUBLISH_QOS1 or self._protocol != MQTTProtocolVersion.MQTTv5:
+        # A retained message goes to on_message, whose MQTTMessage carries the retain flag.
+        # The aggregator subscribes without Retain As Published, so the broker sets the flag
+        # only on stored copies that it sends for a new subscription.
+        retained = header & 0x01
+        if (
+            callback is None
+            or retained
+            or header & 0x06 != _PUBLISH_QOS1
+            or self._protocol != MQTTProtocolVersion.MQTTv5
+        ):
             return super()._handle_publish()
         packet = self._in_packet["packet"]
         parsed = _split_qos1_publish(packet)

@@ -12,10 +12,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,10 @@ MIGRATION_LOCK_KEY = 0x636C617373
 # First key of the PostgreSQL advisory locks that serialize 'lecture start' per room. The
 # second is a hash of the room. Locks with two int keys never meet the one-key migration lock.
 AD_HOC_LOCK_CLASS = 0x61646863
+# Longest planned length of an ad hoc lecture. 'lecture stop' also ends a lecture that
+# runs past its planned end, but only one that started at most this long ago, so a
+# forgotten lecture is not stretched over days.
+MAX_AD_HOC_LENGTH = timedelta(hours=24)
 
 MIGRATIONS_LOCATION = "aggregator:migrations"
 
@@ -118,7 +124,7 @@ class Lecture:
     """A lecture: what a report covers. Times are UTC, ``end`` exclusive.
 
     An ad hoc lecture that is still running has the planned end that ``lecture start``
-    gave it until ``lecture stop`` sets the real one.
+    gave it until ``lecture stop`` sets the real one (see ``Store.stop_lecture``).
     """
 
     id: int
@@ -144,7 +150,11 @@ class LectureRunningError(ConfigError):
 
 @dataclass(frozen=True, slots=True)
 class TimetableEntry:
-    """One lecture of an imported timetable; ``uid`` identifies it within its room and source."""
+    """One lecture of an imported timetable; ``uid`` identifies it within its room and source.
+
+    ``global_uid`` is true when the uid identifies the lecture in every room (an iCalendar
+    UID), so that the import moves the lecture when its room changes.
+    """
 
     room: str
     title: str
@@ -152,6 +162,7 @@ class TimetableEntry:
     end: datetime
     course: str | None
     uid: str
+    global_uid: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -434,26 +445,47 @@ class Store:
         return self.get_lecture(lecture_id)
 
     def stop_lecture(self, room: str, now: datetime) -> Lecture:
-        """End the ad hoc lecture that runs in ``room`` at ``now``, and return it.
+        """End the room's latest ad hoc lecture at ``now``, also after its planned end, and return it.
+
+        The latest ad hoc lecture is the one with the latest start at or before ``now``.
+        It is ended when it has not been stopped yet (``stopped_at`` is null) and started
+        at most MAX_AD_HOC_LENGTH before ``now``.
 
         Raises:
-            LectureNotFoundError: no ad hoc lecture of the room runs at ``now``.
+            LectureNotFoundError: the room has no ad hoc lecture that started in the last
+                MAX_AD_HOC_LENGTH, or its latest one has been stopped.
         """
         table = LectureRow.__table__
-        running = _running_ad_hoc_query(room, now)
+        latest = (
+            select(table.c.id, table.c.start, table.c.end, table.c.stopped_at)
+            .where(table.c.room == room, table.c.source == LectureSource.AD_HOC.value, table.c.start <= now)
+            .order_by(table.c.start.desc(), table.c.id.desc())
+            .limit(1)
+        )
         with self._errors(f"stop the lecture in room {room!r}"), self._engine.begin() as connection:
-            lecture_id = connection.execute(running).scalar_one_or_none()
-            if lecture_id is not None:
-                connection.execute(update(table).where(table.c.id == lecture_id).values(end=now))
-        if lecture_id is None:
+            row = connection.execute(latest).first()
+            if row is None or row.stopped_at is not None or row.start < now - MAX_AD_HOC_LENGTH:
+                raise LectureNotFoundError(_not_running_message(room, row))
+            # The condition on stopped_at lets only one of two concurrent stops end the lecture.
+            changed = connection.execute(
+                update(table)
+                .where(table.c.id == row.id, table.c.stopped_at.is_(None))
+                .values(end=now, stopped_at=now)
+            ).rowcount
+        if not changed:
             raise LectureNotFoundError(
-                f"No ad hoc lecture runs in room {room!r} now: start one with 'aggregator lecture start', "
-                "or check the room with 'aggregator lecture list'"
+                f"The ad hoc lecture {row.id} in room {room!r} was stopped by another command meanwhile: "
+                "check it with 'aggregator lecture list'"
             )
-        return self.get_lecture(lecture_id)
+        return self.get_lecture(row.id)
 
     def import_timetable(self, entries: Sequence[TimetableEntry], source: LectureSource) -> ImportResult:
-        """Add the timetable's lectures, or update those imported before under the same room and uid.
+        """Add the timetable's lectures, or update those imported before with the same uid.
+
+        A lecture with the entry's room and uid is updated. Otherwise a lecture of the same
+        source and uid in another room is moved to the entry's room and updated, when it is
+        the only candidate and no other entry without a lecture has that uid (see
+        ``_moved_lecture_id``). Otherwise the entry is added.
 
         Raises:
             ConfigError: an entry is invalid; nothing is stored then.
@@ -462,29 +494,34 @@ class Store:
             _check_lecture(entry.room, entry.title, entry.start, entry.end)
             _check_course(entry.course)
         table = LectureRow.__table__
+        keys = {(entry.room, entry.uid) for entry in entries}
+        rooms = {entry.room for entry in entries}
+        unmatched: list[TimetableEntry] = []
         added = 0
-        updated = 0
         count = counted(len(entries), "lecture")
         with self._errors(f"import {count}"), self._engine.begin() as connection:
             for entry in entries:
-                values = {
-                    "title": entry.title,
-                    "start": entry.start,
-                    "end": entry.end,
-                    "course": entry.course,
-                    "source": source.value,
-                }
                 changed = connection.execute(
                     update(table)
                     .where(table.c.room == entry.room, table.c.source_uid == entry.uid)
-                    .values(**values)
+                    .values(**_entry_values(entry, source))
                 ).rowcount
-                if changed:
-                    updated += 1
+                if not changed:
+                    unmatched.append(entry)
+            # Two new entries with one uid could each claim the same old lecture, so neither moves it.
+            unmatched_uids = Counter(entry.uid for entry in unmatched)
+            for entry in unmatched:
+                values = _entry_values(entry, source)
+                moved_id = None
+                if unmatched_uids[entry.uid] == 1:
+                    moved_id = _moved_lecture_id(connection, entry, source, keys, rooms)
+                if moved_id is not None:
+                    moved = update(table).where(table.c.id == moved_id).values(room=entry.room, **values)
+                    connection.execute(moved)
                     continue
                 connection.execute(table.insert().values(room=entry.room, source_uid=entry.uid, **values))
                 added += 1
-        return ImportResult(added=added, updated=updated)
+        return ImportResult(added=added, updated=len(entries) - added)
 
     def purge_before(self, cutoff: datetime) -> PurgeResult:
         """Delete windows that start before ``cutoff``, lectures that end before it, and devices
@@ -504,16 +541,33 @@ class Store:
             raise _store_error(f"Cannot {action} in {self.display_url}", error) from error
 
 
+def parse_database_url(url: str) -> URL:
+    """Parse a database URL.
+
+    Raises:
+        ConfigError: the URL is malformed, such as a port that is not a number. The
+            message shows the URL with its password masked.
+    """
+    try:
+        return make_url(url)
+    except (ArgumentError, ValueError) as error:
+        # SQLAlchemy raises ValueError for a port that is not a number or an unclosed '['.
+        detail = f" ({error})" if isinstance(error, ValueError) else ""
+        raise ConfigError(f"Invalid database URL {_mask_password(url)!r}{detail}: use {_URL_FORMS}") from None
+
+
+def _mask_password(url: str) -> str:
+    # The text between 'user:' and the last '@' of the authority, as SQLAlchemy's URL reads it.
+    return re.sub(r"(://[^:/@]*:)[^/]*@", r"\1***@", url, count=1)
+
+
 def create_store_engine(url: str) -> Engine:
     """Create the engine for ``url``, with WAL mode and a busy timeout on SQLite.
 
     Raises:
         ConfigError: the URL is malformed or unsupported, or the database driver is missing.
     """
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise ConfigError(f"Invalid database URL {url!r}: use {_URL_FORMS}") from None
+    parsed = parse_database_url(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         _check_sqlite_path(parsed)
@@ -560,6 +614,15 @@ def upgrade_schema(engine: Engine) -> SchemaUpgrade:
                     )
                 before = MigrationContext.configure(connection).get_current_revision()
                 _check_known_revision(config, before, display_url)
+                head = ScriptDirectory.from_config(config).get_current_head()
+                if before is not None and before != head:
+                    log.warning(
+                        "Upgrading the schema of %s from revision %s to %s. On a large database this "
+                        "can take minutes (docs/deployment.md); do not interrupt it",
+                        display_url,
+                        before,
+                        head,
+                    )
                 config.attributes["connection"] = connection
                 command.upgrade(config, "head")
                 after = MigrationContext.configure(connection).get_current_revision()
@@ -642,6 +705,63 @@ def _check_lecture(room: str, title: str, start: datetime, end: datetime) -> Non
         raise ConfigError(
             f"Lecture end {end.isoformat()} is not after its start {start.isoformat()}: swap or correct them"
         )
+
+
+def _not_running_message(room: str, latest: Any) -> str:
+    """Return why ``stop_lecture`` ends no lecture, given the room's latest ad hoc lecture or None."""
+    reason = ""
+    if latest is not None and latest.stopped_at is not None:
+        reason = (
+            f" (the latest, lecture {latest.id}, was stopped at {latest.stopped_at.isoformat(timespec='seconds')})"
+        )
+    elif latest is not None:
+        hours = round(MAX_AD_HOC_LENGTH.total_seconds() / 3600)
+        reason = (
+            f" (the latest, lecture {latest.id}, started at {latest.start.isoformat()}, more than {hours} h "
+            f"ago, so it keeps its planned end {latest.end.isoformat()})"
+        )
+    return (
+        f"No ad hoc lecture runs in room {room!r} now{reason}: start one with 'aggregator lecture start', "
+        "or check the room with 'aggregator lecture list'"
+    )
+
+
+def _entry_values(entry: TimetableEntry, source: LectureSource) -> dict[str, Any]:
+    return {
+        "title": entry.title,
+        "start": entry.start,
+        "end": entry.end,
+        "course": entry.course,
+        "source": source.value,
+    }
+
+
+def _moved_lecture_id(
+    connection: Connection,
+    entry: TimetableEntry,
+    source: LectureSource,
+    keys: set[tuple[str, str]],
+    rooms: set[str],
+) -> int | None:
+    """Return the id of the lecture that ``entry`` moves to its room, or None to add the entry.
+
+    The candidates have the entry's source and uid and a room that the import does not
+    give that uid. An entry with a global uid may move a lecture from any room. A CSV uid
+    identifies a lecture only within its room, so such an entry moves a lecture only from a
+    room that this import also contains. So a file of several rooms moves a row between
+    them, and a file of another room that reuses the uid leaves the lecture alone. Several
+    candidates are ambiguous, so none of them moves.
+    """
+    table = LectureRow.__table__
+    query = select(table.c.id, table.c.room).where(
+        table.c.source == source.value, table.c.source_uid == entry.uid, table.c.room != entry.room
+    )
+    candidates = [
+        row.id
+        for row in connection.execute(query)
+        if (row.room, entry.uid) not in keys and (entry.global_uid or row.room in rooms)
+    ]
+    return candidates[0] if len(candidates) == 1 else None
 
 
 def _running_ad_hoc_query(room: str, now: datetime) -> Select[Any]:
@@ -799,6 +919,10 @@ def _store_error(message: str, error: SQLAlchemyError, hint: str = "") -> StoreE
     detail = error.orig if isinstance(error, DBAPIError) else error
     # Driver messages span lines (libpq adds hints); the CLI prints each error as one line.
     one_line = " ".join(str(detail).split())
+    lowered = one_line.lower()
+    # The messages of SQLite's SQLITE_FULL and of PostgreSQL's disk_full (53100) contain these words.
+    if "disk is full" in lowered or "no space left on device" in lowered:
+        hint = ". Free disk space where the database and its temporary files are, then run the command again"
     return StoreError(f"{message}: {one_line}{hint}", retryable=retryable)
 
 

@@ -3,7 +3,8 @@
 CSV: a header row with the columns ``title``, ``start`` and ``end``, and optionally
 ``course``, ``room`` and ``uid``, separated by ``,`` or ``;`` (the one that occurs more
 often in the header line, as spreadsheet programs in locales with a decimal comma write
-``;``). A file with only a header has no lectures, and an empty file is an error. Times
+``;``). The file is UTF-8, with or without a byte order mark, and each column occurs at
+most once. A file with only a header has no lectures, and an empty file is an error. Times
 are ISO 8601; a time without a UTC offset is local time in the school's zone. ``room``
 defaults to the room given to the import, ``course`` to the title, and ``uid`` to the
 room, start and title. Two rows with the same room and uid are an error, because the
@@ -15,8 +16,12 @@ events (RRULE, RDATE, EXDATE and moved occurrences with RECURRENCE-ID) are expan
 with ``recurring_ical_events``, and an occurrence is imported when its actual start lies
 in [start, end), so a moved occurrence counts where it was moved to. A DTSTART with a
 TZID keeps its local clock time across daylight saving changes; a floating DTSTART is
-read in the school's zone. An event may have at most MAX_OCCURRENCES_PER_EVENT
-occurrences that start in the import range.
+read in the school's zone. Every occurrence lasts as long as the event's first instance
+in exact time (RFC 5545, section 3.8.5.3, for DTEND), so an occurrence on the day of a
+daylight saving change is not an hour longer or shorter. A local time that a daylight saving
+change skips is read with the UTC offset before the gap (RFC 5545, section 3.3.5). An
+event may have at most MAX_OCCURRENCES_PER_EVENT occurrences that start in the import
+range.
 
 The key of an iCalendar lecture (its ``uid`` in the store) is the event's UID for a
 single event, so an event that moves keeps its lecture. For an occurrence of a
@@ -50,6 +55,11 @@ log = logging.getLogger(__name__)
 CSV_REQUIRED_COLUMNS = ("title", "start", "end")
 CSV_COLUMNS = (*CSV_REQUIRED_COLUMNS, "course", "room", "uid")
 CSV_DELIMITERS = {",": "commas", ";": "semicolons"}
+CSV_BYTE_ORDER_MARK = b"\xef\xbb\xbf"
+CSV_ENCODING_HINT = (
+    "save it as UTF-8, in Excel with 'Save As' and the type 'CSV UTF-8 (Comma delimited)', "
+    "in LibreOffice with the character set 'Unicode (UTF-8)'"
+)
 CSV_HEADER_HINT = (
     "its header must contain title,start,end and may add course,room,uid, separated by ',' or ';'"
 )
@@ -101,6 +111,21 @@ class IcsTimetable:
     earlier_uids: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class EventLengths:
+    """Exact lengths of the events of one iCalendar file, which set the end of each occurrence.
+
+    ``series`` maps a UID to the exact length of its event's first instance, and leaves out
+    a UID that several events without RECURRENCE-ID share. ``modified`` maps a UID and a
+    RECURRENCE-ID in UTC to the length of the event that moves that occurrence.
+    ``period_ends`` maps a UID and a start in UTC to the end of an RDATE period.
+    """
+
+    series: dict[str, timedelta]
+    modified: dict[tuple[str, datetime], timedelta]
+    period_ends: dict[tuple[str, datetime], datetime]
+
+
 def shorten(text: str, limit: int = MESSAGE_VALUE_LENGTH) -> str:
     """Return ``text`` quoted, cut to ``limit`` characters with its length added when it is longer."""
     if len(text) <= limit:
@@ -135,14 +160,15 @@ def read_csv_timetable(path: Path, room: str | None, zone: Zone) -> list[Timetab
     """Read the lectures of a CSV timetable. A file with only a header has none.
 
     Raises:
-        ConfigError: the file is missing or empty, has an unknown or missing column, a row
-            has an invalid value, or two rows have the same room and uid. Messages name the line.
+        ConfigError: the file is missing, empty or not UTF-8, has an unknown, missing or
+            repeated column, a row has an invalid value, or two rows have the same room and
+            uid. Messages name the line.
     """
     try:
-        with path.open(newline="", encoding="utf-8-sig") as file:
-            text = file.read()
-    except (OSError, UnicodeDecodeError) as error:
+        data = path.read_bytes()
+    except OSError as error:
         raise ConfigError(f"Cannot read the timetable {str(path)!r}: {error}") from None
+    text = _decode_csv(path, data)
     if not text.strip():
         raise ConfigError(f"The timetable {str(path)!r} is empty: {CSV_HEADER_HINT}")
     delimiter = _csv_delimiter(text.splitlines()[0])
@@ -175,6 +201,26 @@ def read_csv_timetable(path: Path, room: str | None, zone: Zone) -> list[Timetab
     return entries
 
 
+def _decode_csv(path: Path, data: bytes) -> str:
+    """Decode a CSV file as UTF-8 without its byte order mark.
+
+    Raises:
+        ConfigError: the file is not UTF-8. The message names the byte offset and line of
+            the first invalid byte; spreadsheet programs on Windows save CSV as cp1252.
+    """
+    offset = len(CSV_BYTE_ORDER_MARK) if data.startswith(CSV_BYTE_ORDER_MARK) else 0
+    try:
+        return data[offset:].decode("utf-8")
+    except UnicodeDecodeError as error:
+        position = offset + error.start
+        line = data.count(b"\n", 0, position) + 1
+        raise ConfigError(
+            f"The timetable {str(path)!r} is not UTF-8: byte {position} (line {line}) is "
+            f"0x{data[position]:02x}, invalid in UTF-8, as in a file saved as Windows-1252: "
+            f"{CSV_ENCODING_HINT}"
+        ) from None
+
+
 def _csv_delimiter(header_line: str) -> str:
     # Column names contain neither character, so the header line shows the separator.
     return ";" if header_line.count(";") > header_line.count(",") else ","
@@ -182,6 +228,13 @@ def _csv_delimiter(header_line: str) -> str:
 
 def _check_csv_columns(path: Path, columns: Iterable[str]) -> None:
     columns = list(columns)
+    repeated = sorted({column for column in columns if columns.count(column) > 1})
+    if repeated:
+        names = ", ".join(shorten(column) for column in repeated)
+        raise ConfigError(
+            f"The timetable {str(path)!r} has the column {names} more than once: keep one column of each "
+            "name, because the import cannot tell which one holds the value"
+        )
     unknown = [column for column in columns if column not in CSV_COLUMNS]
     if unknown:
         names = ", ".join(shorten(column) for column in unknown)
@@ -275,12 +328,13 @@ def read_ics_timetable(
         raise ConfigError(f"Cannot expand the events of {str(path)!r}: {error}") from None
 
     recurring = _recurring_uids(events)
+    lengths = _event_lengths(events, zone)
     timetable = IcsTimetable(entries=[])
     for occurrence in occurrences:
         # The library also returns occurrences that start before the range and end in it.
         if not start <= _local_to_utc(occurrence.decoded("DTSTART"), zone) < end:
             continue
-        entry, earlier_uid = _ics_entry(occurrence, path, room, zone, recurring)
+        entry, earlier_uid = _ics_entry(occurrence, path, room, zone, recurring, lengths)
         timetable.entries.append(entry)
         if earlier_uid != entry.uid:
             timetable.earlier_uids[(entry.room, entry.uid)] = earlier_uid
@@ -290,7 +344,7 @@ def read_ics_timetable(
 
 
 def _ics_entry(
-    occurrence: Any, path: Path, room: str | None, zone: Zone, recurring: set[str]
+    occurrence: Any, path: Path, room: str | None, zone: Zone, recurring: set[str], lengths: EventLengths
 ) -> tuple[TimetableEntry, str]:
     title = str(occurrence.get("SUMMARY", "")).strip()
     event_uid = str(occurrence.get("UID", "")).strip()
@@ -303,10 +357,7 @@ def _ics_entry(
     if not occurrence_room:
         raise ConfigError(f"{name} has no LOCATION: give --room")
     begins = _to_utc(occurrence.decoded("DTSTART"), zone, name)
-    if "DTEND" in occurrence:
-        finishes = _to_utc(occurrence.decoded("DTEND"), zone, name)
-    else:
-        finishes = begins + occurrence.decoded("DURATION")
+    finishes = _occurrence_end(occurrence, event_uid, begins, lengths, zone)
     if finishes <= begins:
         raise ConfigError(
             f"{name} on {begins.isoformat()} does not end after it starts: correct its DTEND or DURATION"
@@ -326,9 +377,75 @@ def _ics_entry(
     else:
         uid = event_uid
     entry = TimetableEntry(
-        room=occurrence_room, title=title, start=begins, end=finishes, course=course, uid=uid
-    )
+        room=occurrence_room, title=title, start=begins, end=finishes, course=course, uid=uid,
+        global_uid=bool(event_uid),
+    )  # fmt: skip
     return entry, earlier_uid
+
+
+def _event_lengths(events: list[Any], zone: Zone) -> EventLengths:
+    lengths = EventLengths(series={}, modified={}, period_ends={})
+    shared_uids: set[str] = set()
+    for event in events:
+        uid = str(event.get("UID", "")).strip()
+        length = _exact_length(event, zone)
+        if "RECURRENCE-ID" in event:
+            original = _local_to_utc(event.decoded("RECURRENCE-ID"), zone)
+            lengths.modified[(uid, original)] = length
+            continue
+        if uid in lengths.series:
+            shared_uids.add(uid)
+        lengths.series[uid] = length
+        for value in _values(event.get("RDATE")):
+            for period in (item.dt for item in value.dts):
+                if isinstance(period, tuple):
+                    period_start = _local_to_utc(period[0], zone)
+                    period_end = period[1]
+                    if isinstance(period_end, timedelta):
+                        lengths.period_ends[(uid, period_start)] = period_start + period_end
+                    else:
+                        lengths.period_ends[(uid, period_start)] = _local_to_utc(period_end, zone)
+    for uid in shared_uids:
+        del lengths.series[uid]
+    return lengths
+
+
+def _exact_length(event: Any, zone: Zone) -> timedelta:
+    # _check_event_end has checked that the event has DTEND or DURATION. A DURATION in
+    # days is nominal in RFC 5545 but is taken as exact here, as no lecture lasts days.
+    if "DTEND" in event:
+        return _local_to_utc(event.decoded("DTEND"), zone) - _local_to_utc(event.decoded("DTSTART"), zone)
+    return event.decoded("DURATION")
+
+
+def _occurrence_end(
+    occurrence: Any, uid: str, begins: datetime, lengths: EventLengths, zone: Zone
+) -> datetime:
+    """Return the end of an occurrence that starts at ``begins``, in UTC.
+
+    recurring_ical_events (3.8) copies the event's length on the local clock, so on the day
+    of a daylight saving change an occurrence would be an hour longer or shorter. RFC 5545
+    (section 3.8.5.3) gives every occurrence the exact length of the first instance, and a
+    moved occurrence or an RDATE period its own.
+    """
+    if "RECURRENCE-ID" in occurrence:
+        original = _local_to_utc(occurrence.decoded("RECURRENCE-ID"), zone)
+        length = lengths.modified.get((uid, original))
+        if length is not None:
+            return begins + length
+    period_end = lengths.period_ends.get((uid, begins))
+    if period_end is not None:
+        return period_end
+    length = lengths.series.get(uid)
+    if length is None:
+        # Several events share the UID, so the occurrence's event is unknown: its length on
+        # the local clock is exact unless its first instance spans a daylight saving change.
+        if "DTEND" in occurrence:
+            first = occurrence.decoded("DTSTART")
+            length = occurrence.decoded("DTEND").replace(tzinfo=None) - first.replace(tzinfo=None)
+        else:
+            length = occurrence.decoded("DURATION")
+    return begins + length
 
 
 def _check_unique_ics_keys(entries: list[TimetableEntry], path: Path) -> None:

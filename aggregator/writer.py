@@ -45,6 +45,8 @@ class InboundMessage(NamedTuple):
     ``topic`` is the raw topic, which may not be UTF-8. ``connection`` numbers the broker
     connection the message arrived on, because it is acknowledged only on that
     connection. ``received_at_s`` is the time.time() at which its bytes were read.
+    ``retained`` is true for a stored copy that the broker sent for a new subscription,
+    which may be much older than its receive time.
     """
 
     topic: bytes
@@ -53,6 +55,7 @@ class InboundMessage(NamedTuple):
     qos: int
     connection: int
     received_at_s: float
+    retained: bool = False
 
 
 #: Validates one message: returns the window or device event to store, or None after

@@ -24,7 +24,7 @@ import re
 from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 SCHEMA_VERSION = 1
 
@@ -41,6 +41,9 @@ MAX_PAYLOAD_BYTES = 16 * 1024
 # The agent's window length is bounded to 1 s .. 1 h in its config.
 MIN_WINDOW_S = 1.0
 MAX_WINDOW_S = 3600.0
+# An upper bound on face detections per analysed frame, far above any classroom. It
+# rejects counts that no camera frame can have produced.
+MAX_FACES_PER_FRAME = 1000
 
 
 class PayloadError(ValueError):
@@ -57,11 +60,12 @@ class WindowReport(BaseModel):
     room: str = Field(min_length=1, max_length=64, description="Room the camera watches.")
     window_start: AwareDatetime = Field(description="Start of the window, UTC, inclusive.")
     window_end: AwareDatetime = Field(description="End of the window, UTC, exclusive.")
-    frames_sampled: int = Field(ge=0, le=1_000_000, description="Frames analysed in the window.")
-    faces_seen: int = Field(ge=0, le=100_000_000, description="Face detections summed over frames.")
-    min_faces: int = Field(ge=1, le=1000, description="Suppression threshold in force on the agent.")
+    # Strict: JSON true or 2.0 is not a count.
+    frames_sampled: StrictInt = Field(ge=0, le=1_000_000, description="Frames analysed in the window.")
+    faces_seen: StrictInt = Field(ge=0, le=100_000_000, description="Face detections summed over frames.")
+    min_faces: StrictInt = Field(ge=1, le=1000, description="Suppression threshold in force on the agent.")
     suppressed: bool = Field(description="True when the median number of faces per frame was below min_faces.")
-    counts: dict[str, int] | None = Field(
+    counts: dict[str, StrictInt] | None = Field(
         description="Face detections per emotion label; null when suppressed. Sums to faces_seen."
     )
 
@@ -84,6 +88,11 @@ class WindowReport(BaseModel):
         length_s = (self.window_end - self.window_start).total_seconds()
         if not MIN_WINDOW_S <= length_s <= MAX_WINDOW_S:
             raise ValueError(f"window is {length_s:g} s long; windows must last {MIN_WINDOW_S:g} to {MAX_WINDOW_S:g} s")
+        if self.faces_seen > self.frames_sampled * MAX_FACES_PER_FRAME:
+            raise ValueError(
+                f"faces_seen {self.faces_seen} is more than {MAX_FACES_PER_FRAME} per frame over "
+                f"frames_sampled {self.frames_sampled}"
+            )
         if self.suppressed and counts is not None:
             raise ValueError("a suppressed window must have counts = null")
         if not self.suppressed:

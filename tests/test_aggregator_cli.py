@@ -154,6 +154,53 @@ def test_lecture_list_empty(capsys, db_url: str) -> None:
     assert "aggregator lecture add" in err
 
 
+def test_lecture_list_unknown_room(capsys, db_url: str) -> None:
+    run_cli(capsys, "lecture", "add", "--db", db_url, "--room", ROOM, "--title", "T",
+            "--start", "2026-03-02T08:00Z", "--end", "2026-03-02T09:00Z")  # fmt: skip
+
+    exit_code, out, err = run_cli(capsys, "lecture", "list", "--db", db_url, "--room", "nosuch")
+
+    assert exit_code == 0
+    assert out == ""
+    assert "No lectures in room 'nosuch'" in err
+    assert "yet" not in err
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "duration"),
+    [
+        # Summer time ends at 03:00 on 25 October 2026 in Berlin: 02:30 to 02:30 is 1 h.
+        ("2026-10-25T00:30Z", "2026-10-25T01:30Z", ["1", "h"]),
+        # Summer time begins at 02:00 on 29 March 2026: 01:30 to 03:30 is 1 h.
+        ("2026-03-29T00:30Z", "2026-03-29T01:30Z", ["1", "h"]),
+        ("2026-03-28T23:00Z", "2026-03-29T03:00Z", ["4", "h"]),
+    ],
+)
+def test_lecture_list_duration_across_dst(
+    capsys, db_url: str, start: str, end: str, duration: list[str]
+) -> None:
+    run_cli(capsys, "lecture", "add", "--db", db_url, "--room", ROOM, "--title", "Night",
+            "--start", start, "--end", end)  # fmt: skip
+
+    exit_code, out, _ = run_cli(capsys, "lecture", "list", "--db", db_url, "--tz", "Europe/Berlin")
+
+    assert exit_code == 0
+    cells = out.splitlines()[1].split()
+    assert cells[-4:-2] == duration
+
+
+def test_lecture_import_names_system_zone(capsys, db_url: str, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TZ", "America/New_York")
+    path = tmp_path / "timetable.csv"
+    path.write_text("title,start,end\nPhysics,2026-07-01T09:00,2026-07-01T10:00\n")
+
+    exit_code, _, err = run_cli(capsys, "lecture", "import", str(path), "--room", ROOM, "--db", db_url)
+
+    assert exit_code == 0
+    assert "times without a UTC offset were read in America/New_York (the system zone" in err
+    assert "give --tz" in err
+
+
 def test_report_prints_text(capsys, db_url: str) -> None:
     with Store.open(db_url) as store:
         store.insert_windows([received(window) for window in known_lecture_windows()])

@@ -67,6 +67,37 @@ def test_devices_status_and_stats(mqtt_broker: Broker, db_url: str, capsys) -> N
     assert "1 with counting paused" in captured.err
 
 
+def test_retained_messages_keep_last_seen(mqtt_broker: Broker, db_url: str, capsys) -> None:
+    two_hours_ago = datetime.now(UTC) - timedelta(hours=2)
+    with Store.open(db_url) as store:
+        store.insert_windows([ReceivedWindow(make_window("cam-7", START, {"sad": 1}), two_hours_ago)])
+        # Stored on the broker before the aggregator subscribes, as after an aggregator restart.
+        with publisher(mqtt_broker) as client:
+            client.publish_bytes("classroom/cam-7/status", b"stopped", retain=True)
+            client.publish_bytes("classroom/cam-7/counting", b"paused", retain=True)
+            client.publish_bytes("classroom/cam-8/status", b"online", retain=True)
+        with running_ingest(store, ingest_settings(mqtt_broker)) as ingest:
+            wait_until(lambda: ingest.stats().received == 3 and ingest.stats().queued == 0, "3 retained messages")
+            wait_until(lambda: len(list_devices(store)) == 2, "2 devices stored")
+            retained_view = {device.device_id: device for device in list_devices(store)}
+            with publisher(mqtt_broker) as client:
+                client.publish_bytes("classroom/cam-7/status", b"online", retain=True)
+                wait_until(lambda: ingest.stats().received == 4 and ingest.stats().queued == 0, "a live status")
+            live_view = {device.device_id: device for device in list_devices(store)}
+            ingest.stop()
+        with publisher(mqtt_broker) as client:
+            for topic in ("cam-7/status", "cam-7/counting", "cam-8/status"):
+                client.publish_bytes(f"classroom/{topic}", b"", retain=True)
+
+    assert retained_view["cam-7"].status == "stopped"
+    assert retained_view["cam-7"].counting == "paused"
+    assert retained_view["cam-7"].last_seen == two_hours_ago
+    # A device first known from a retained copy counts as seen when it arrived.
+    assert retained_view["cam-8"].last_seen > two_hours_ago
+    assert live_view["cam-7"].status == "online"
+    assert live_view["cam-7"].last_seen > two_hours_ago
+
+
 def test_devices_silent_after_quiet(db_url: str, capsys) -> None:
     two_hours_ago = datetime.now(UTC) - timedelta(hours=2)
     with Store.open(db_url) as store:

@@ -81,8 +81,8 @@ class Publisher:
     def publish_window(self, report: WindowReport, topic: str | None = None) -> None:
         self.publish_bytes(topic or window_topic(PREFIX, report.device_id), report.to_json())
 
-    def publish_bytes(self, topic: str, payload: bytes) -> None:
-        info = self._client.publish(topic, payload, qos=1)
+    def publish_bytes(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        info = self._client.publish(topic, payload, qos=1, retain=retain)
         info.wait_for_publish(WAIT_S)
         assert info.is_published(), f"no PUBACK for {topic} within {WAIT_S} s"
 

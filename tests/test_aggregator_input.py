@@ -293,3 +293,24 @@ def test_lecture_start_beside_timetable(capsys, db_url: str) -> None:
     exit_code = main(["lecture", "start", "--room", ROOM, "--title", "Ad hoc", "--db", db_url])
 
     assert exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("url", "parts"),
+    [
+        (
+            "postgresql+psycopg://teacher:secret@127.0.0.1:54x2/school",
+            ["Invalid database URL 'postgresql+psycopg://teacher:***@127.0.0.1:54x2/school'", "'54x2'"],
+        ),
+        ("postgresql+psycopg://teacher@[::1/school", ["Invalid database URL", "[::1/school"]),
+        ("not a url", ["Invalid database URL 'not a url'", "sqlite:///PATH"]),
+    ],
+)
+def test_malformed_database_url(capsys, url: str, parts: list[str]) -> None:
+    for argv in (["devices"], ["lecture", "list"], ["purge"]):
+        exit_code, out, err = run_cli(capsys, *argv, "--db", url)
+
+        assert exit_code == 2, argv
+        assert out == ""
+        assert "secret" not in err
+        assert_one_error(err, *parts)

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from aggregator import exports
 from aggregator.errors import ConfigError, LectureNotFoundError
 from aggregator.range_report import compute_range_report
 from aggregator.report import MAX_STEP_S, LectureReport, build_report, compute_report, order_labels
@@ -240,3 +244,23 @@ def test_order_labels() -> None:
         "attentive",
         "bored",
     )
+
+
+def test_range_exports_formula_titles_and_no_faces(tmp_path: Path) -> None:
+    end = LECTURE_START + timedelta(minutes=30)
+    with Store.open(f"sqlite:///{tmp_path / 'aggregator.db'}") as store:
+        # One suppressed window: the range has windows but no classified faces.
+        store.insert_windows([received(make_window("cam-1", LECTURE_START, None, faces_seen=2))])
+        store.add_lecture(ROOM, '=HYPERLINK("http://example.invalid","x")', LECTURE_START, end, course="-1+1")
+        range_report = compute_range_report(store, UTC_ZONE, LECTURE_START, end, room=ROOM)
+
+    rows = list(csv.DictReader(io.StringIO(exports.range_csv(range_report))))
+    data = json.loads(exports.range_json(range_report))
+
+    assert rows[0]["title"] == '\'=HYPERLINK("http://example.invalid","x")'
+    assert rows[0]["course"] == "'-1+1"
+    assert rows[0]["room"] == ROOM
+    # JSON keeps the text as it was entered.
+    assert data["lectures"][0]["title"] == '=HYPERLINK("http://example.invalid","x")'
+    assert data["shares"]
+    assert [share["percent"] for share in data["shares"]] == [None] * len(data["shares"])

@@ -260,7 +260,7 @@ def _alembic(store: Store, action: str, revision: str) -> None:
         getattr(command, action)(config, revision)
 
 
-def test_upgrade_from_0002_keeps_windows_in_report_order(tmp_path: Path) -> None:
+def test_upgrade_from_0002_keeps_windows_in_report_order(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     url = f"sqlite:///{tmp_path / 'aggregator.db'}"
     with Store.open(url, upgrade=False) as old:
         _alembic(old, "upgrade", "0002")
@@ -271,7 +271,7 @@ def test_upgrade_from_0002_keeps_windows_in_report_order(tmp_path: Path) -> None
         )
         old_indexes = {index["name"] for index in inspect(old.engine).get_indexes("windows")}
 
-    with Store.open(url) as upgraded:
+    with caplog.at_level("WARNING", logger="aggregator.store"), Store.open(url) as upgraded:
         windows = upgraded.windows_in_room(ROOM, START, START + timedelta(minutes=1))
         with upgraded.engine.connect() as connection:
             plan = " ".join(
@@ -291,6 +291,7 @@ def test_upgrade_from_0002_keeps_windows_in_report_order(tmp_path: Path) -> None
         count_after_downgrade = upgraded.count_windows()
 
     assert "ix_windows_room_window_start" in old_indexes
+    assert "from revision 0002 to 0003" in caplog.text
     assert revision == "0003"
     assert [window.counts for window in windows] == [{"happy": 0}, {"happy": 1}, {"happy": 2}]
     assert "WITHOUT ROWID" in table_sql

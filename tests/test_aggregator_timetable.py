@@ -11,7 +11,15 @@ from sqlalchemy import event
 
 from aggregator import timetable
 from aggregator.cli import main
-from aggregator.store import Lecture, LectureRunningError, LectureSource, Store, TimetableEntry
+from aggregator.errors import LectureNotFoundError
+from aggregator.store import (
+    MAX_AD_HOC_LENGTH,
+    Lecture,
+    LectureRunningError,
+    LectureSource,
+    Store,
+    TimetableEntry,
+)
 from tests.test_aggregator_helpers import assert_one_error, make_window, received
 from tests.test_aggregator_postgres import postgres_url  # noqa: F401  (fixture)
 
@@ -667,7 +675,10 @@ def test_import_one_lecture_singular(tmp_path: Path, db_url: str, capsys) -> Non
     exit_code, err = import_file(capsys, db_url, path)
 
     assert exit_code == 0
-    assert err == "Imported timetable.csv: 1 lecture added, 0 updated\n"
+    assert err == (
+        "Imported timetable.csv: 1 lecture added, 0 updated; times without a UTC offset were read in "
+        "Europe/Berlin (from --tz)\n"
+    )
 
 
 def test_ics_no_lectures_in_range(tmp_path: Path, db_url: str, capsys) -> None:
@@ -840,3 +851,263 @@ def test_start_ad_hoc_after_stop(db_url: str) -> None:
 
     assert second.id != first.id
     assert second.start == datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+
+
+def test_stop_after_planned_end(db_url: str) -> None:
+    # Started with a planned length of 1 min and stopped 65 s later: the overrun counts.
+    started = datetime(2026, 3, 2, 8, 0, 0, 250_000, tzinfo=UTC)
+    stopped = started + timedelta(seconds=65)
+    with Store.open(db_url) as store:
+        lecture = store.start_ad_hoc_lecture("B1", "T", started, started + timedelta(minutes=1))
+        ended = store.stop_lecture("B1", stopped)
+
+    assert ended.id == lecture.id
+    assert ended.end == stopped
+    assert ended.duration_s == 65.25
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_stop_twice_keeps_first_end(request, db_url: str, database: str) -> None:
+    url = db_url if database == "sqlite" else request.getfixturevalue("postgres_url")
+    room = f"stop-twice-{database}"
+    started = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+    first_stop = started + timedelta(minutes=30, microseconds=5)
+    with Store.open(url) as store:
+        lecture = store.start_ad_hoc_lecture(room, "T", started, started + timedelta(minutes=90))
+        store.stop_lecture(room, first_stop)
+        with pytest.raises(LectureNotFoundError) as raised:
+            store.stop_lecture(room, first_stop + timedelta(hours=1))
+        after = store.get_lecture(lecture.id)
+
+    assert f"lecture {lecture.id}, was stopped at" in str(raised.value)
+    assert after.end == first_stop
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+def test_stop_records_stop_time(request, db_url: str, database: str) -> None:
+    # A stopped lecture is never reopened by a later stop, even one at a whole second.
+    url = db_url if database == "sqlite" else request.getfixturevalue("postgres_url")
+    room = f"stop-records-{database}"
+    started = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+    whole_second = started + timedelta(minutes=5)
+    with Store.open(url) as store:
+        store.start_ad_hoc_lecture(room, "T", started, started + timedelta(minutes=1))
+        ended = store.stop_lecture(room, whole_second)
+        with pytest.raises(LectureNotFoundError):
+            store.stop_lecture(room, whole_second + timedelta(minutes=10))
+
+    assert ended.end == whole_second
+
+
+def test_stop_skips_older_overrun_lecture(db_url: str) -> None:
+    # The older lecture overran without a stop; the newer one was stopped. Neither is reopened.
+    older_start = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+    newer_start = older_start + timedelta(hours=2)
+    with Store.open(db_url) as store:
+        older = store.start_ad_hoc_lecture("B1", "Older", older_start, older_start + timedelta(hours=1))
+        store.start_ad_hoc_lecture("B1", "Newer", newer_start, newer_start + timedelta(hours=1))
+        store.stop_lecture("B1", newer_start + timedelta(minutes=20, microseconds=1))
+        with pytest.raises(LectureNotFoundError):
+            store.stop_lecture("B1", newer_start + timedelta(minutes=40))
+        assert store.get_lecture(older.id).end == older_start + timedelta(hours=1)
+
+
+def test_stop_limits_lookback(db_url: str) -> None:
+    started = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+    with Store.open(db_url) as store:
+        lecture = store.start_ad_hoc_lecture("B1", "Forgotten", started, started + timedelta(hours=1))
+        with pytest.raises(LectureNotFoundError) as raised:
+            store.stop_lecture("B1", started + MAX_AD_HOC_LENGTH + timedelta(seconds=1))
+        ended = store.stop_lecture("B1", started + MAX_AD_HOC_LENGTH)
+
+    assert "more than 24 h ago" in str(raised.value)
+    assert ended.id == lecture.id
+    assert ended.end == started + MAX_AD_HOC_LENGTH
+
+
+def test_stop_ignores_other_rooms_and_sources(db_url: str) -> None:
+    started = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
+    with Store.open(db_url) as store:
+        store.start_ad_hoc_lecture("C2", "Other room", started, started + timedelta(hours=1))
+        store.add_lecture("B1", "Timetabled", started, started + timedelta(hours=1))
+        with pytest.raises(LectureNotFoundError):
+            store.stop_lecture("B1", started + timedelta(minutes=10))
+
+
+def test_cli_stop_after_planned_end(db_url: str, capsys) -> None:
+    started = datetime.now(UTC) - timedelta(minutes=2)
+    with Store.open(db_url) as store:
+        lecture = store.start_ad_hoc_lecture("B1", "T", started, started + timedelta(minutes=1))
+
+    exit_code = main(["lecture", "stop", "--room", "B1", "--db", db_url, "--tz", "UTC"])
+
+    assert exit_code == 0
+    assert capsys.readouterr().out == f"{lecture.id}\n"
+    with Store.open(db_url) as store:
+        ended = store.get_lecture(lecture.id)
+    assert ended.duration_s > 115
+
+
+def dst_series(first_day: str, length: str) -> str:
+    return (
+        f"UID:night@school.example\nSUMMARY:Night\nDTSTART;TZID=Europe/Berlin:{first_day}T023000\n"
+        f"{length}\nRRULE:FREQ=DAILY;COUNT=4"
+    )
+
+
+@pytest.mark.parametrize(
+    ("first_day", "starts"),
+    [
+        # Summer time ends on 25 October 2026: 02:30 occurs twice, and RFC 5545 takes the first (UTC+02:00).
+        ("20261023", [(10, 23, 0), (10, 24, 0), (10, 25, 0), (10, 26, 1)]),
+        # Summer time begins on 29 March 2026: 02:30 does not exist, so it is read with the offset
+        # before the gap.
+        ("20260327", [(3, 27, 1), (3, 28, 1), (3, 29, 1), (3, 30, 0)]),
+    ],
+)
+@pytest.mark.parametrize("length", ["DTEND;TZID=Europe/Berlin:{}T033000", "DURATION:PT1H"])
+def test_ics_recurrence_exact_length(
+    tmp_path: Path, db_url: str, capsys, first_day: str, starts: list[tuple[int, int, int]], length: str
+) -> None:
+    path = tmp_path / "night.ics"
+    path.write_text(calendar(dst_series(first_day, length.format(first_day))))
+
+    exit_code, err = import_file(capsys, db_url, path)
+
+    assert exit_code == 0, err
+    with Store.open(db_url) as store:
+        lectures = store.list_lectures()
+    assert [lecture.start for lecture in lectures] == [
+        datetime(2026, month, day, hour, 30, tzinfo=UTC) for month, day, hour in starts
+    ]
+    assert [lecture.duration_s for lecture in lectures] == [3600] * 4
+
+
+def test_ics_first_instance_length_applies(tmp_path: Path, db_url: str, capsys) -> None:
+    # The first instance spans the change to winter time: 02:00 to 04:00 is 3 h, and so is every occurrence.
+    path = tmp_path / "night.ics"
+    path.write_text(calendar(
+        "UID:long@school.example\nSUMMARY:Long\nDTSTART;TZID=Europe/Berlin:20261025T020000\n"
+        "DTEND;TZID=Europe/Berlin:20261025T040000\nRRULE:FREQ=DAILY;COUNT=2"
+    ))  # fmt: skip
+
+    exit_code, err = import_file(capsys, db_url, path)
+
+    assert exit_code == 0, err
+    with Store.open(db_url) as store:
+        assert [lecture.duration_s for lecture in store.list_lectures()] == [3 * 3600] * 2
+
+
+def test_ics_moved_and_period_own_length(tmp_path: Path, db_url: str, capsys) -> None:
+    series = dst_series("20261023", "DTEND;TZID=Europe/Berlin:20261023T033000")
+    series += "\nRDATE;VALUE=PERIOD;TZID=Europe/Berlin:20261027T100000/20261027T130000"
+    moved = (
+        "UID:night@school.example\nSUMMARY:Night (moved)\nRECURRENCE-ID;TZID=Europe/Berlin:20261025T023000\n"
+        "DTSTART;TZID=Europe/Berlin:20261025T020000\nDTEND;TZID=Europe/Berlin:20261025T040000"
+    )
+    path = tmp_path / "night.ics"
+    path.write_text(calendar(series, moved))
+
+    exit_code, err = import_file(capsys, db_url, path)
+
+    assert exit_code == 0, err
+    with Store.open(db_url) as store:
+        lengths = {lecture.start: lecture.duration_s for lecture in store.list_lectures()}
+    # The moved occurrence spans the change: 02:00 summer time to 04:00 winter time is 3 h.
+    assert lengths[datetime(2026, 10, 25, 0, 0, tzinfo=UTC)] == 3 * 3600
+    assert lengths[datetime(2026, 10, 27, 9, 0, tzinfo=UTC)] == 3 * 3600
+    assert lengths[datetime(2026, 10, 26, 1, 30, tzinfo=UTC)] == 3600
+
+
+ROOM_CSV = "title,start,end,room,uid\nPhysics,2026-10-24T10:00,2026-10-24T11:30,{},phy-1\n"
+OTHER_ROOM_ROW = "Chemistry,2026-10-25T10:00,2026-10-25T11:30,B-101,chem-1\n"
+
+
+def test_csv_room_change_moves_lecture(tmp_path: Path, db_url: str, capsys) -> None:
+    path = tmp_path / "timetable.csv"
+    path.write_text(ROOM_CSV.format("B-101") + OTHER_ROOM_ROW)
+    assert import_file(capsys, db_url, path)[0] == 0
+    with Store.open(db_url) as store:
+        [physics_id] = [lecture.id for lecture in store.list_lectures() if lecture.title == "Physics"]
+
+    path.write_text(ROOM_CSV.format("C-2") + OTHER_ROOM_ROW)
+    exit_code, err = import_file(capsys, db_url, path)
+
+    assert exit_code == 0
+    assert "0 lectures added, 2 updated" in err
+    with Store.open(db_url) as store:
+        physics = [lecture for lecture in store.list_lectures() if lecture.title == "Physics"]
+    assert [(lecture.id, lecture.room) for lecture in physics] == [(physics_id, "C-2")]
+
+
+def test_csv_uid_of_another_room_file(tmp_path: Path, db_url: str, capsys) -> None:
+    # Each room's file numbers its lectures from 1: the uid identifies a lecture only within its room.
+    for room in ("B-101", "C-2"):
+        path = tmp_path / f"{room}.csv"
+        path.write_text("title,start,end,uid\nPhysics,2026-10-24T10:00,2026-10-24T11:30,1\n")
+        exit_code = main(["lecture", "import", str(path), "--room", room, "--tz", "UTC", "--db", db_url])
+        assert exit_code == 0
+        assert "1 lecture added, 0 updated" in capsys.readouterr().err
+
+    with Store.open(db_url) as store:
+        assert sorted(lecture.room for lecture in store.list_lectures()) == ["B-101", "C-2"]
+
+
+def test_csv_room_change_shared_uid(tmp_path: Path, db_url: str, capsys) -> None:
+    # Rooms B-101 and C-2 both have a lecture 'week-1'; the one of B-101 moves to D-3.
+    header = "title,start,end,room,uid\n"
+    kept = "Physics,2026-10-24T10:00,2026-10-24T11:30,C-2,week-1\n"
+    path = tmp_path / "timetable.csv"
+    moving = "Physics,2026-10-24T10:00,2026-10-24T11:30,{},week-1\n"
+    path.write_text(header + moving.format("B-101") + kept + OTHER_ROOM_ROW)
+    assert import_file(capsys, db_url, path)[0] == 0
+
+    path.write_text(header + moving.format("D-3") + kept + OTHER_ROOM_ROW)
+    exit_code, err = import_file(capsys, db_url, path)
+
+    assert exit_code == 0
+    assert "0 lectures added, 3 updated" in err
+    with Store.open(db_url) as store:
+        assert sorted(lecture.room for lecture in store.list_lectures()) == ["B-101", "C-2", "D-3"]
+        assert [lecture.title for lecture in store.list_lectures(room="B-101")] == ["Chemistry"]
+
+
+def test_ics_location_change_moves_lecture(tmp_path: Path, db_url: str, capsys) -> None:
+    event = "UID:exam@school.example\nSUMMARY:Exam\nDTSTART:20260320T090000Z\nDURATION:PT2H\nLOCATION:{}"
+    path = tmp_path / "exams.ics"
+    path.write_text(calendar(event.format("B-101"), SERIES))
+    assert import_file(capsys, db_url, path)[0] == 0
+    with Store.open(db_url) as store:
+        [exam_id] = [lecture.id for lecture in store.list_lectures() if lecture.title == "Exam"]
+
+    path.write_text(calendar(event.format("C-2"), SERIES + "\nLOCATION:C-2"))
+    exit_code, err = import_file(capsys, db_url, path)
+
+    assert exit_code == 0
+    assert "0 lectures added, 4 updated" in err
+    with Store.open(db_url) as store:
+        lectures = store.list_lectures()
+    assert {lecture.room for lecture in lectures} == {"C-2"}
+    assert exam_id in {lecture.id for lecture in lectures}
+
+
+def test_csv_repeated_column(tmp_path: Path, db_url: str, capsys) -> None:
+    path = tmp_path / "timetable.csv"
+    path.write_text("title,start,end,end\nPhysics,2026-10-24T10:00,2026-10-24T11:30,2026-10-24T12:00\n")
+
+    exit_code, err = import_file(capsys, db_url, path)
+
+    assert exit_code == 2
+    assert_one_error(err, "timetable.csv", "has the column 'end' more than once")
+
+
+@pytest.mark.parametrize(("prefix", "offset"), [(b"", 19), (b"\xef\xbb\xbf", 22)])
+def test_csv_not_utf8(tmp_path: Path, db_url: str, capsys, prefix: bytes, offset: int) -> None:
+    # Windows-1252, as Excel saves "CSV (Comma delimited)": 'é' is the single byte 0xe9.
+    path = tmp_path / "timetable.csv"
+    path.write_bytes(prefix + "title,start,end\nCafé,2026-10-24T10:00,2026-10-24T11:30\n".encode("cp1252"))
+
+    exit_code, err = import_file(capsys, db_url, path)
+
+    assert exit_code == 2
+    assert_one_error(err, "timetable.csv' is not UTF-8", f"byte {offset} (line 2) is 0xe9", "CSV UTF-8")

@@ -85,6 +85,14 @@ def test_parse_rejects_malformed_bytes(payload, message):
         ({"counts": {"happy": -1, "sad": 4}}, "negative"),
         ({"extra": 1}, "extra"),
         ({"window_start": "2026-03-02T08:00:00"}, "timezone"),
+        ({"frames_sampled": True}, "frames_sampled"),
+        ({"min_faces": 1.0}, "min_faces"),
+        ({"counts": {"happy": 2.0, "neutral": 1}}, "counts.happy"),
+        ({"frames_sampled": 0}, "faces_seen 3 is more than 1000 per frame over frames_sampled 0"),
+        (
+            {"frames_sampled": 1, "faces_seen": 1001, "counts": {"happy": 1001}},
+            "faces_seen 1001 is more than 1000 per frame",
+        ),
     ],
 )
 def test_parse_rejects_invalid_fields(change, message):

@@ -15,6 +15,9 @@ Create Date: 2026-12-05
   order they arrive, the key is an index like the one it replaces.
 - ``devices.counting`` and ``devices.counting_at``: the latest text of an agent's
   retained ``counting`` topic (``active`` or ``paused``) and when it arrived.
+- ``lectures.stopped_at``: when ``lecture stop`` ended an ad hoc lecture, so that a
+  lecture that ran past its planned end can still be stopped, and a stopped one is
+  never reopened.
 
 The upgrade copies the windows table once and blocks writes to it meanwhile, and the
 database needs free space for a second copy of the table until it ends. Upgrade when no
@@ -70,9 +73,13 @@ def upgrade() -> None:
     with op.batch_alter_table("devices") as batch:
         batch.add_column(sa.Column("counting", sa.String(16), nullable=True))
         batch.add_column(sa.Column("counting_at", _TIMESTAMP, nullable=True))
+    with op.batch_alter_table("lectures") as batch:
+        batch.add_column(sa.Column("stopped_at", _TIMESTAMP, nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("lectures") as batch:
+        batch.drop_column("stopped_at")
     with op.batch_alter_table("devices") as batch:
         batch.drop_column("counting_at")
         batch.drop_column("counting")
