@@ -83,6 +83,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AggregatorError as error:
         print(f"aggregator: error: {error}", file=sys.stderr)
         return error.exit_code
+    except BrokenPipeError:
+        # The reader of standard output, such as 'head', closed it early. Output sent to
+        # devnull keeps the flush at exit from raising again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:

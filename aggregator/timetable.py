@@ -35,7 +35,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from pathlib import Path
@@ -174,6 +174,9 @@ def read_csv_timetable(path: Path, room: str | None, zone: Zone) -> list[Timetab
     delimiter = _csv_delimiter(text.splitlines()[0])
     try:
         reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+        # Spreadsheets often write 'Title' or ' Start'; column names match in lowercase, stripped.
+        written = list(reader.fieldnames or [])
+        reader.fieldnames = [name.strip().lower() for name in written]
         # line_num after a row is the file line where the row ends; rows may span lines.
         rows = [(reader.line_num, row) for row in reader]
         columns = reader.fieldnames or []
@@ -181,7 +184,7 @@ def read_csv_timetable(path: Path, room: str | None, zone: Zone) -> list[Timetab
         raise ConfigError(f"Cannot read the timetable {str(path)!r}: {error}") from None
     if not columns:
         raise ConfigError(f"The first line of the timetable {str(path)!r} is empty: {CSV_HEADER_HINT}")
-    _check_csv_columns(path, columns)
+    _check_csv_columns(path, columns, written)
 
     entries = []
     first_line: dict[tuple[str, str], int] = {}
@@ -226,7 +229,8 @@ def _csv_delimiter(header_line: str) -> str:
     return ";" if header_line.count(";") > header_line.count(",") else ","
 
 
-def _check_csv_columns(path: Path, columns: Iterable[str]) -> None:
+def _check_csv_columns(path: Path, columns: Iterable[str], written: Sequence[str]) -> None:
+    """Check the lowercase column names; messages show the ``written`` ones."""
     columns = list(columns)
     repeated = sorted({column for column in columns if columns.count(column) > 1})
     if repeated:
@@ -235,7 +239,7 @@ def _check_csv_columns(path: Path, columns: Iterable[str]) -> None:
             f"The timetable {str(path)!r} has the column {names} more than once: keep one column of each "
             "name, because the import cannot tell which one holds the value"
         )
-    unknown = [column for column in columns if column not in CSV_COLUMNS]
+    unknown = [name for column, name in zip(columns, written, strict=True) if column not in CSV_COLUMNS]
     if unknown:
         names = ", ".join(shorten(column) for column in unknown)
         raise ConfigError(f"The timetable {str(path)!r} has unknown columns {names}: {CSV_HEADER_HINT}")

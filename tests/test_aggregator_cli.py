@@ -497,3 +497,20 @@ def test_ingest_counts_windows_and_device_messages(mqtt_broker: Broker, db_url: 
         "Stopped ingest: windows received 3, stored 2, duplicates 1; device messages received 2; "
         "messages rejected 1 (invalid_device_message: 1)"
     ) in caplog.text
+
+
+def test_lecture_list_into_closed_pipe(tmp_path: Path) -> None:
+    db_url = f"sqlite:///{tmp_path / 'aggregator.db'}"
+    with Store.open(db_url) as store:
+        for day in range(1, 29):
+            store.add_lecture("B-1", f"Lecture {day}", datetime(2026, 3, day, 8, tzinfo=UTC),
+                              datetime(2026, 3, day, 9, tzinfo=UTC))  # fmt: skip
+    command = [sys.executable, "-m", "aggregator", "lecture", "list", "--db", db_url]
+    # The reader closes the pipe before the command writes its rows, as 'head -0' would.
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO_ROOT)
+    assert process.stdout is not None
+    process.stdout.close()
+    _, err = process.communicate(timeout=60)
+
+    assert "Traceback" not in err.decode()
+    assert process.returncode == 1

@@ -77,12 +77,18 @@ def test_retained_messages_keep_last_seen(mqtt_broker: Broker, db_url: str, caps
             client.publish_bytes("classroom/cam-7/counting", b"paused", retain=True)
             client.publish_bytes("classroom/cam-8/status", b"online", retain=True)
         with running_ingest(store, ingest_settings(mqtt_broker)) as ingest:
-            wait_until(lambda: ingest.stats().received == 3 and ingest.stats().queued == 0, "3 retained messages")
-            wait_until(lambda: len(list_devices(store)) == 2, "2 devices stored")
+            wait_until(
+                lambda: {device.device_id: (device.status, device.counting) for device in list_devices(store)}
+                == {"cam-7": ("stopped", "paused"), "cam-8": ("online", None)},
+                "3 retained messages stored",
+            )
             retained_view = {device.device_id: device for device in list_devices(store)}
             with publisher(mqtt_broker) as client:
                 client.publish_bytes("classroom/cam-7/status", b"online", retain=True)
-                wait_until(lambda: ingest.stats().received == 4 and ingest.stats().queued == 0, "a live status")
+                wait_until(
+                    lambda: {device.device_id: device.status for device in list_devices(store)}["cam-7"] == "online",
+                    "the live status stored",
+                )
             live_view = {device.device_id: device for device in list_devices(store)}
             ingest.stop()
         with publisher(mqtt_broker) as client:

@@ -230,7 +230,7 @@ def test_postgres_read_only_database_keeps_windows_unacknowledged(
 
 
 def test_postgres_upgrade_from_0002_and_back() -> None:
-    from tests.test_aggregator_store import _alembic
+    from tests.test_aggregator_store import _alembic, assert_0002_stops_kept, insert_0002_ad_hoc_lectures
 
     start = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
     with fresh_postgres_database("aggregator_upgrade") as url:
@@ -239,8 +239,10 @@ def test_postgres_upgrade_from_0002_and_back() -> None:
             old.insert_windows(
                 [received(make_window("cam-1", start + timedelta(seconds=10 * i), {"happy": i})) for i in (1, 0)]
             )
+            insert_0002_ad_hoc_lectures(old, start)
         with Store.open(url) as upgraded:
             revision = upgraded.schema_revision()
+            assert_0002_stops_kept(upgraded, start)
             windows = upgraded.windows_in_room(ROOM, start, start + timedelta(minutes=1))
             with upgraded.engine.connect() as connection:
                 differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)

@@ -15,7 +15,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 
 from aggregator.errors import ConfigError, LectureNotFoundError, StoreError
-from aggregator.models import Base
+from aggregator.models import Base, LectureRow
 from aggregator.store import _SQLITE_WINDOWS_IN_ROOM, MIGRATIONS_LOCATION, InsertResult, ReceivedWindow, Store
 from tests.test_aggregator_helpers import ROOM, make_window, received
 
@@ -270,6 +270,7 @@ def test_upgrade_from_0002_keeps_windows_in_report_order(tmp_path: Path, caplog:
             + [received(make_window("cam-2", START, {"sad": 1}, room="B-102"))]
         )
         old_indexes = {index["name"] for index in inspect(old.engine).get_indexes("windows")}
+        insert_0002_ad_hoc_lectures(old, START)
 
     with caplog.at_level("WARNING", logger="aggregator.store"), Store.open(url) as upgraded:
         windows = upgraded.windows_in_room(ROOM, START, START + timedelta(minutes=1))
@@ -283,6 +284,7 @@ def test_upgrade_from_0002_keeps_windows_in_report_order(tmp_path: Path, caplog:
             )
             table_sql = connection.exec_driver_sql("SELECT sql FROM sqlite_master WHERE name = 'windows'").scalar_one()
         revision = upgraded.schema_revision()
+        assert_0002_stops_kept(upgraded, START)
         upgraded_indexes = {index["name"] for index in inspect(upgraded.engine).get_indexes("windows")}
         # A duplicate of a copied window is still skipped.
         duplicate = upgraded.insert_windows([received(make_window("cam-1", START, {"happy": 9}))])
@@ -302,3 +304,21 @@ def test_upgrade_from_0002_keeps_windows_in_report_order(tmp_path: Path, caplog:
     assert duplicate.duplicates == 1
     assert downgraded_indexes == old_indexes
     assert count_after_downgrade == 4
+
+
+def insert_0002_ad_hoc_lectures(store: Store, start: datetime) -> None:
+    """Insert, as the 0002 code stored them, an ad hoc lecture stopped early and one still running."""
+    table = LectureRow.__table__
+    with store.engine.begin() as connection:
+        for room, end in (
+            ("stopped-early", start + timedelta(minutes=20, microseconds=250_000)),
+            ("still-running", start + timedelta(minutes=90)),
+        ):
+            connection.execute(table.insert().values(room=room, title="T", start=start, end=end, source="ad-hoc"))
+
+
+def assert_0002_stops_kept(store: Store, start: datetime) -> None:
+    """Check that the upgrade kept the early stop and left the running lecture stoppable."""
+    with pytest.raises(LectureNotFoundError, match="was stopped at"):
+        store.stop_lecture("stopped-early", start + timedelta(minutes=30))
+    assert store.stop_lecture("still-running", start + timedelta(minutes=30)).end == start + timedelta(minutes=30)

@@ -1101,6 +1101,29 @@ def test_csv_repeated_column(tmp_path: Path, db_url: str, capsys) -> None:
     assert_one_error(err, "timetable.csv", "has the column 'end' more than once")
 
 
+def test_csv_header_case_and_spaces(tmp_path: Path, db_url: str, capsys) -> None:
+    path = tmp_path / "timetable.csv"
+    path.write_text("Title, Start ,END,Room\nPhysics,2026-10-24T10:00,2026-10-24T11:30,B-7\n")
+
+    exit_code, err = import_file(capsys, db_url, path)
+
+    assert exit_code == 0, err
+    with Store.open(db_url) as store:
+        [lecture] = store.list_lectures()
+    assert lecture.title == "Physics"
+    assert lecture.room == "B-7"
+
+
+def test_csv_repeated_column_in_other_case(tmp_path: Path, db_url: str, capsys) -> None:
+    path = tmp_path / "timetable.csv"
+    path.write_text("title,Title,start,end\nA,B,2026-10-24T10:00,2026-10-24T11:30\n")
+
+    exit_code, err = import_file(capsys, db_url, path)
+
+    assert exit_code == 2
+    assert_one_error(err, "has the column 'title' more than once")
+
+
 @pytest.mark.parametrize(("prefix", "offset"), [(b"", 19), (b"\xef\xbb\xbf", 22)])
 def test_csv_not_utf8(tmp_path: Path, db_url: str, capsys, prefix: bytes, offset: int) -> None:
     # Windows-1252, as Excel saves "CSV (Comma delimited)": 'é' is the single byte 0xe9.

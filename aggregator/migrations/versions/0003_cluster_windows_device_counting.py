@@ -17,7 +17,9 @@ Create Date: 2026-12-05
   retained ``counting`` topic (``active`` or ``paused``) and when it arrived.
 - ``lectures.stopped_at``: when ``lecture stop`` ended an ad hoc lecture, so that a
   lecture that ran past its planned end can still be stopped, and a stopped one is
-  never reopened.
+  never reopened. Earlier versions gave an ad hoc lecture a planned end in whole
+  seconds and set the end to the time of the stop, which has a fraction of a second,
+  so the upgrade marks the ad hoc lectures with such an end as stopped at their end.
 
 The upgrade copies the windows table once and blocks writes to it meanwhile, and the
 database needs free space for a second copy of the table until it ends. Upgrade when no
@@ -75,6 +77,13 @@ def upgrade() -> None:
         batch.add_column(sa.Column("counting_at", _TIMESTAMP, nullable=True))
     with op.batch_alter_table("lectures") as batch:
         batch.add_column(sa.Column("stopped_at", _TIMESTAMP, nullable=True))
+    # SQLite stores times as 'YYYY-MM-DD HH:MM:SS.ffffff' text (aggregator.models.UtcDateTime).
+    fraction_set = (
+        "date_trunc('second', \"end\") <> \"end\""
+        if op.get_bind().dialect.name == "postgresql"
+        else "substr(\"end\", 21, 6) NOT IN ('', '000000')"
+    )
+    op.execute(f"UPDATE lectures SET stopped_at = \"end\" WHERE source = 'ad-hoc' AND {fraction_set}")
 
 
 def downgrade() -> None:
