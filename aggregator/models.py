@@ -67,10 +67,10 @@ class WindowRow(Base):
 
     __tablename__ = "windows"
     __table_args__ = (
-        # Reports read the windows of one room in a time range, ordered by start and device.
-        # The primary key is that order, and SQLite stores a WITHOUT ROWID table in the order
-        # of its primary key, so a lecture's windows lie on a few adjacent pages instead of
-        # one page per window among those of every other room.
+        # Reports read the windows of one room in a time range, ordered by start and device,
+        # and the primary key is that order. SQLite stores a WITHOUT ROWID table in the order
+        # of its primary key. So a lecture's windows lie on a few adjacent pages, not on one
+        # page each among those of every other room.
         PrimaryKeyConstraint("room", "window_start", "device_id", name="pk_windows"),
         UniqueConstraint("device_id", "window_start", name="uq_windows_device_id_window_start"),
         # The purge deletes the windows of every room before a cutoff.

@@ -557,8 +557,9 @@ def parse_database_url(url: str) -> URL:
 
 
 def _mask_password(url: str) -> str:
-    # The text between 'user:' and the last '@' of the authority, as SQLAlchemy's URL reads it.
-    return re.sub(r"(://[^:/@]*:)[^/]*@", r"\1***@", url, count=1)
+    # Masks everything from 'user:' to the last '@' of the text. A malformed URL may hold a
+    # password with '/' or '@', so masking part of the host as well is the safe side.
+    return re.sub(r"(://[^:/@]*:).*@", r"\1***@", url, count=1)
 
 
 def create_store_engine(url: str) -> Engine:
@@ -613,8 +614,9 @@ def upgrade_schema(engine: Engine) -> SchemaUpgrade:
                         text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
                     )
                 before = MigrationContext.configure(connection).get_current_revision()
-                _check_known_revision(config, before, display_url)
-                head = ScriptDirectory.from_config(config).get_current_head()
+                scripts = ScriptDirectory.from_config(config)
+                _check_known_revision(scripts, before, display_url)
+                head = scripts.get_current_head()
                 if before is not None and before != head:
                     log.warning(
                         "Upgrading the schema of %s from revision %s to %s. On a large database this "
@@ -637,10 +639,9 @@ def upgrade_schema(engine: Engine) -> SchemaUpgrade:
     return SchemaUpgrade(from_revision=before, to_revision=after)
 
 
-def _check_known_revision(config: Config, revision: str | None, display_url: str) -> None:
+def _check_known_revision(scripts: ScriptDirectory, revision: str | None, display_url: str) -> None:
     if revision is None:
         return
-    scripts = ScriptDirectory.from_config(config)
     try:
         scripts.get_revision(revision)
     except CommandError:

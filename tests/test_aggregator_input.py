@@ -303,6 +303,7 @@ def test_lecture_start_beside_timetable(capsys, db_url: str) -> None:
             ["Invalid database URL 'postgresql+psycopg://teacher:***@127.0.0.1:54x2/school'", "'54x2'"],
         ),
         ("postgresql+psycopg://teacher@[::1/school", ["Invalid database URL", "[::1/school"]),
+        ("postgresql+psycopg://teacher:se/cret@127.0.0.1:x/school", ["Invalid database URL", "teacher:***@"]),
         ("not a url", ["Invalid database URL 'not a url'", "sqlite:///PATH"]),
     ],
 )
